@@ -1,0 +1,204 @@
+//! The API's one error type, rendered as RFC 7807 `application/problem+json`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// One or more fields are invalid (400), or over a size limit (413).
+    #[error("the request has invalid fields")]
+    Invalid {
+        status: StatusCode,
+        errors: Vec<FieldError>,
+    },
+    /// The body is not well-formed JSON, or has the wrong shape.
+    #[error("malformed request body: {message}")]
+    Malformed {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("the request body is larger than the server accepts (server.body_limit_bytes)")]
+    PayloadTooLarge,
+    #[error("unsupported content type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("{detail}")]
+    NotFound {
+        detail: String,
+        field: Option<&'static str>,
+    },
+    /// No valid API key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the needed scope (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the resource's state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The Idempotency-Key was used before with a different body (422).
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    /// A dependency (PostgreSQL) is unreachable: nothing was accepted, try again.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A 400 about one field.
+    pub fn field(field: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
+        ApiError::Invalid {
+            status: StatusCode::BAD_REQUEST,
+            errors: vec![FieldError::new(field, message)],
+        }
+    }
+
+    /// 404 for an unknown SMTP connection; `field` names the request field it came
+    /// from, if any.
+    pub fn no_connection(name: &str, field: Option<&'static str>) -> ApiError {
+        ApiError::NotFound {
+            detail: format!("no SMTP connection named {name:?}"),
+            field,
+        }
+    }
+
+    /// Maps a database error: unreachable → 503 (so clients retry), anything else → 500.
+    pub fn database(err: sqlx::Error) -> ApiError {
+        if crate::store::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            ApiError::Unavailable("the database is unavailable".to_owned())
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("database error"))
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { status, .. } => *status,
+            ApiError::Malformed { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::Invalid { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                ("too-large", "Over a size limit")
+            }
+            ApiError::Invalid { .. } => ("validation", "Invalid request"),
+            ApiError::Malformed { .. } => ("malformed", "Malformed request body"),
+            ApiError::PayloadTooLarge => ("too-large", "Request body too large"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::NotFound { .. } => ("not-found", "Not found"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::Unauthorized(_) => ("unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency-Key reused"),
+            ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
+            ApiError::Internal(_) => ("internal", "Internal server error"),
+        }
+    }
+}
+
+/// An RFC 7807 problem document (`application/problem+json`; `application/problem+xml`
+/// when the request's `Accept` prefers XML).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:postwire:problem:validation",
+    "title": "Invalid request",
+    "status": 400,
+    "detail": "To: \"ann@\" is not a valid address",
+    "errors": [{"field": "To", "message": "\"ann@\" is not a valid address"}]
+}))]
+pub struct Problem {
+    /// `urn:postwire:problem:<kind>`: validation, malformed, too-large,
+    /// unsupported-media-type, not-found, conflict, unauthorized, forbidden,
+    /// idempotency-key-reused, unavailable or internal.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^urn:postwire:problem:[a-z-]+$")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// One entry per invalid field; absent when the problem is not about fields.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (kind, title) = self.kind();
+        let errors = match &self {
+            ApiError::Invalid { errors, .. } => errors.clone(),
+            ApiError::Malformed {
+                field: Some(field),
+                message,
+            } => vec![FieldError::new(field.clone(), message)],
+            ApiError::NotFound {
+                field: Some(field),
+                detail,
+            } => vec![FieldError::new(*field, detail)],
+            ApiError::IdempotencyKeyReused => vec![FieldError::new(
+                "Idempotency-Key",
+                "was already used with a different request body",
+            )],
+            _ => Vec::new(),
+        };
+        let detail = match &self {
+            ApiError::Invalid { errors, .. } => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                "an unexpected error occurred; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("urn:postwire:problem:{kind}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"postwire\""),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

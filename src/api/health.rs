@@ -1,0 +1,73 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness",
+    description = "No API key needed. 200 while the process is up.",
+    responses((status = 200, description = "The process is up.", body = super::openapi::Health))
+)]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "No API key needed. The Prometheus text exposition format (0.0.4).",
+    responses((status = 200, description = "The metrics.", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+/// `GET /readyz`: PostgreSQL and RabbitMQ are reachable; 503 names what is not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    summary = "Readiness",
+    description = "No API key needed. 200 when PostgreSQL and RabbitMQ are reachable; \
+        503 names the one that is not.",
+    responses(
+        (status = 200, description = "Ready.", body = super::openapi::Readiness),
+        (status = 503, description = "A dependency is unreachable.", body = super::openapi::Readiness),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let (database, broker) = tokio::join!(state.store.ping(), state.publisher.ping());
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+            "checks": { "postgres": word(database), "rabbitmq": word(broker) },
+        })),
+    )
+}

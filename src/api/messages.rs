@@ -1,0 +1,369 @@
+//! Reading messages back: status, history, cancel.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{ApiError, AppState};
+use crate::domain::{Mailbox, RecipientResult, SmtpReply, Status};
+use crate::store::{Cancel, EventRecord, ListFilter, MessageRecord};
+
+/// A message as `GET /v1/messages/{id}` shows it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub status: Status,
+    pub connection: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub subject: String,
+    /// The RFC 5322 Message-ID header of the sent message.
+    pub message_id: String,
+    /// Bytes of the rendered message.
+    pub size: i32,
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_reply: Option<SmtpReply>,
+    pub last_error: Option<String>,
+    /// What the server said to each recipient on the last attempt.
+    pub recipients: Vec<RecipientResult>,
+    /// The send's `Metadata`.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl From<MessageRecord> for MessageView {
+    fn from(m: MessageRecord) -> MessageView {
+        let display = |list: &[Mailbox]| list.iter().map(Mailbox::to_display).collect();
+        MessageView {
+            id: m.id,
+            status: m.status,
+            connection: m.connection,
+            from: m.from_addr,
+            to: display(&m.recipients.to),
+            cc: display(&m.recipients.cc),
+            bcc: display(&m.recipients.bcc),
+            subject: m.subject,
+            message_id: m.message_id,
+            size: m.size,
+            attempts: m.attempts,
+            next_attempt_at: m.next_attempt_at,
+            last_reply: m.last_reply,
+            last_error: m.last_error,
+            recipients: m.recipient_results.unwrap_or_default(),
+            metadata: match m.metadata {
+                serde_json::Value::Object(map) => map.into_iter().collect(),
+                _ => BTreeMap::new(),
+            },
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+/// `GET /v1/messages/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    operation_id = "getMessage",
+    tag = "messages",
+    summary = "Look a message up",
+    description = "Requires an API key with the **read** scope.\n\n\
+        Status, connection, sender, recipients, subject, size, attempts, the last SMTP \
+        reply, per-recipient results and timestamps.",
+    params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
+    responses(
+        (status = 200, description = "The message.", body = MessageView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = ["read"]), ("apiKey" = ["read"]))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, ApiError> {
+    let id = parse_id(&id)?;
+    let message = state
+        .store
+        .get_message(id)
+        .await
+        .map_err(ApiError::database)?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(message.into()))
+}
+
+/// One entry of `GET /v1/messages/{id}/events`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    /// accepted, attempt, deferred, sent, failed, cancelled or expired.
+    #[serde(rename = "type")]
+    #[schema(value_type = super::openapi::EventType)]
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<SmtpReply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<RecipientResult>>,
+}
+
+impl From<EventRecord> for EventView {
+    fn from(e: EventRecord) -> EventView {
+        EventView {
+            kind: e.kind,
+            at: e.at,
+            attempt: e.attempt,
+            reply: e.reply,
+            detail: e.detail,
+            recipients: e.recipients,
+        }
+    }
+}
+
+/// The history of a message.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventsView {
+    pub id: Uuid,
+    pub events: Vec<EventView>,
+}
+
+/// `GET /v1/messages/{id}/events`.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}/events",
+    operation_id = "getMessageEvents",
+    tag = "messages",
+    summary = "The history of a message",
+    description = "Requires an API key with the **read** scope.\n\n\
+        `accepted`, each `attempt` with its reply, then `sent`, `failed`, `deferred`, \
+        `cancelled` or `expired`, oldest first.",
+    params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
+    responses(
+        (status = 200, description = "The events.", body = EventsView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = ["read"]), ("apiKey" = ["read"]))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventsView>, ApiError> {
+    let id = parse_id(&id)?;
+    let events = state
+        .store
+        .events(id)
+        .await
+        .map_err(ApiError::database)?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(EventsView {
+        id,
+        events: events.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// `POST /v1/messages/{id}/cancel`: a queued or deferred message is never sent.
+#[utoipa::path(
+    post,
+    path = "/v1/messages/{id}/cancel",
+    operation_id = "cancelMessage",
+    tag = "messages",
+    summary = "Cancel a message that has not been sent",
+    description = "Requires an API key with the **send** scope.\n\n\
+        A `queued` or `deferred` message becomes `cancelled` and is never sent; a \
+        message in any other status answers 409.",
+    params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
+    responses(
+        (status = 200, description = "Cancelled.", body = super::openapi::CancelledMessage),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 404, response = super::openapi::NotFound),
+        (status = 409, response = super::openapi::Conflict),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = ["send"]), ("apiKey" = ["send"]))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.cancel(id).await.map_err(ApiError::database)? {
+        Cancel::Cancelled(connection) => {
+            tracing::info!(message_id = %id, connection = %connection, "cancelled");
+            crate::metrics::message(&connection, "cancelled");
+            Ok(Json(
+                serde_json::json!({ "id": id, "status": Status::Cancelled }),
+            ))
+        }
+        Cancel::NotFound => Err(not_found(id)),
+        Cancel::Conflict(status) => Err(ApiError::Conflict(format!(
+            "message {id} is {status} and can no longer be cancelled"
+        ))),
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::field("id", format!("{id:?} is not a message id (UUID)")))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound {
+        detail: format!("no message with id {id}"),
+        field: None,
+    }
+}
+
+/// Query of `GET /v1/messages`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only messages in this status.
+    #[param(value_type = Status, required = false)]
+    pub status: Option<String>,
+    /// Only messages sent through this connection.
+    #[param(value_type = String, required = false)]
+    pub connection: Option<String>,
+    /// RFC 3339; messages created at or after.
+    #[param(value_type = String, format = DateTime, required = false)]
+    pub since: Option<String>,
+    /// RFC 3339; messages created before.
+    #[param(value_type = String, format = DateTime, required = false)]
+    pub until: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(value_type = u32, minimum = 1, maximum = 500, default = 50, required = false)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = String, format = Uuid, required = false)]
+    pub cursor: Option<String>,
+}
+
+/// One line of the listing.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SummaryView {
+    pub id: Uuid,
+    pub status: Status,
+    pub connection: String,
+    pub from: String,
+    pub subject: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListView {
+    pub messages: Vec<SummaryView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(format = Uuid)]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/messages?status=&connection=&since=&until=&limit=&cursor=`: keyset pages,
+/// stable while new messages arrive.
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    operation_id = "listMessages",
+    tag = "messages",
+    summary = "List messages, newest first",
+    description = "Requires an API key with the **read** scope.\n\n\
+        Keyset pages, stable while new messages arrive: pass `next_cursor` as `cursor` \
+        for the next page. Unknown query parameters are refused (400).",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of messages.", body = ListView),
+        (status = 400, response = super::openapi::BadRequest),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 403, response = super::openapi::Forbidden),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = ["read"]), ("apiKey" = ["read"]))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    super::Query(q): super::Query<ListQuery>,
+) -> Result<Json<ListView>, ApiError> {
+    let time = |field: &'static str, v: Option<String>| {
+        v.map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ApiError::field(field, format!("{t:?} is not an RFC 3339 time")))
+        })
+        .transpose()
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1 to 500"));
+    }
+    let filter = ListFilter {
+        status: q
+            .status
+            .map(|s| {
+                s.parse::<Status>()
+                    .map_err(|e| ApiError::field("status", e))
+            })
+            .transpose()?,
+        connection: q.connection,
+        since: time("since", q.since)?,
+        until: time("until", q.until)?,
+        before: q
+            .cursor
+            .map(|c| {
+                Uuid::parse_str(&c)
+                    .map_err(|_| ApiError::field("cursor", "is not a cursor from a previous page"))
+            })
+            .transpose()?,
+        limit,
+    };
+    let rows = state
+        .store
+        .list_messages(&filter)
+        .await
+        .map_err(ApiError::database)?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|m| m.id.to_string()))
+        .flatten();
+    Ok(Json(ListView {
+        messages: rows
+            .into_iter()
+            .map(|m| SummaryView {
+                id: m.id,
+                status: m.status,
+                connection: m.connection,
+                from: m.from_addr,
+                subject: m.subject,
+                attempts: m.attempts,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+                sent_at: m.sent_at,
+            })
+            .collect(),
+        next_cursor,
+    }))
+}

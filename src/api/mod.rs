@@ -1,0 +1,200 @@
+//! The HTTP API: one file per resource, one error type, JSON bodies.
+
+mod auth;
+pub mod connections;
+pub mod email_message;
+mod error;
+mod health;
+pub mod messages;
+mod negotiate;
+pub mod openapi;
+mod payload;
+pub mod send;
+
+pub use error::{ApiError, Problem};
+pub use payload::{Payload, Query, RequestBody};
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::connections::Directory;
+use crate::domain::Mailbox;
+use crate::keys::Principal;
+use crate::queue::Publisher;
+use crate::store::Store;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub publisher: Arc<Publisher>,
+    /// Records confirmed publishes in batches.
+    pub published: crate::outbox::PublishedMarks,
+    pub connections: Arc<Directory>,
+    pub keys: Arc<auth::KeyCache>,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        publisher: Arc<Publisher>,
+        connections: Arc<Directory>,
+        settings: Arc<Settings>,
+    ) -> AppState {
+        AppState {
+            published: crate::outbox::PublishedMarks::start(store.clone()),
+            keys: Arc::new(auth::KeyCache::new(settings.security.api_key_cache)),
+            store,
+            publisher,
+            connections,
+            settings,
+        }
+    }
+}
+
+/// The SMTP connection a send goes through, as far as the API needs to know it.
+#[derive(Debug, Clone)]
+pub struct SendConnection {
+    pub name: String,
+    pub default_from: Option<Mailbox>,
+}
+
+impl AppState {
+    /// Resolves the connection of a send: the one it names, else the API key's
+    /// default, else the configured default.
+    pub async fn connection(
+        &self,
+        requested: Option<&str>,
+        principal: &Principal,
+    ) -> Result<SendConnection, ApiError> {
+        let name = requested
+            .or(principal.default_connection.as_deref())
+            .or(self.connections.configured_name())
+            .ok_or_else(|| {
+                ApiError::field(
+                    "connection",
+                    "is required: no default SMTP connection is configured",
+                )
+            })?;
+        let connection = self
+            .connections
+            .get(name)
+            .await
+            .map_err(ApiError::Internal)?
+            .ok_or_else(|| ApiError::no_connection(name, Some("connection")))?;
+        Ok(SendConnection {
+            name: connection.name.clone(),
+            default_from: connection.default_from.clone(),
+        })
+    }
+
+    /// Publishes the delivery jobs of committed messages, their confirms pipelined on
+    /// one channel. A failure is logged, not returned: the messages are committed, and
+    /// the outbox relay publishes them later.
+    pub async fn publish(&self, ids: &[Uuid]) {
+        let results =
+            futures_util::future::join_all(ids.iter().map(|id| self.publisher.publish(*id))).await;
+        let mut published = Vec::with_capacity(ids.len());
+        for (id, result) in ids.iter().zip(results) {
+            match result {
+                Ok(()) => published.push(*id),
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it")
+                }
+            }
+        }
+        self.published.mark(published).await;
+    }
+}
+
+/// Health and metrics alone, for worker-only processes.
+pub fn operations_router() -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+}
+
+/// Every `(method, path)` that [`router`] serves. Kept by hand next to the router;
+/// `tests/openapi.rs` checks that the router serves each of them (and no other method
+/// on their paths), that `router` declares no other, and that the OpenAPI document
+/// has exactly these operations.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/SendEmail"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/batch"),
+    ("POST", "/v1/messages/{id}/cancel"),
+    ("GET", "/v1/messages"),
+    ("GET", "/v1/messages/{id}"),
+    ("GET", "/v1/messages/{id}/events"),
+    ("POST", "/v1/connections"),
+    ("GET", "/v1/connections"),
+    ("GET", "/v1/connections/{name}"),
+    ("PATCH", "/v1/connections/{name}"),
+    ("DELETE", "/v1/connections/{name}"),
+    ("POST", "/v1/connections/{name}/verify"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+];
+
+/// Every route of the API, each group behind the scope it needs.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.server.body_limit_bytes;
+    let send = Router::new()
+        .route("/SendEmail", post(send::send))
+        .route("/v1/messages", post(send::send))
+        .route("/v1/messages/batch", post(send::send_batch))
+        .route("/v1/messages/{id}/cancel", post(messages::cancel))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_send));
+    let read = Router::new()
+        .route("/v1/messages", get(messages::list))
+        .route("/v1/messages/{id}", get(messages::get))
+        .route("/v1/messages/{id}/events", get(messages::events))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_read));
+    let admin = Router::new()
+        .route(
+            "/v1/connections",
+            post(connections::create).get(connections::list),
+        )
+        .route(
+            "/v1/connections/{name}",
+            get(connections::get)
+                .patch(connections::update)
+                .delete(connections::delete),
+        )
+        .route("/v1/connections/{name}/verify", post(connections::verify))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .merge(send)
+        .merge(read)
+        .merge(admin)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .layer(axum::middleware::from_fn(negotiate::xml_when_preferred))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}

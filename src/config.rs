@@ -1,0 +1,482 @@
+//! Layered configuration: `config/default.toml`, then `config/$POSTWIRE_ENV.toml`, then
+//! `POSTWIRE__SECTION__KEY` environment variables. Every key is documented in
+//! `config/default.toml`; a bad value stops the process with a message naming the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::domain::Security;
+
+/// The whole configuration of a postwire process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub worker: WorkerSettings,
+    pub smtp: SmtpSettings,
+    pub limits: Limits,
+    pub retry: RetrySettings,
+    pub outbox: OutboxSettings,
+    pub idempotency: IdempotencySettings,
+    pub security: SecuritySettings,
+    pub retention: RetentionSettings,
+    pub log: LogSettings,
+    /// `POSTWIRE_ENV`: `development` unless set.
+    #[serde(skip)]
+    pub environment: String,
+}
+
+/// Secrets at rest.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// AES-256 key (base64 of 32 bytes) encrypting SMTP passwords.
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// Keys that encrypted older values; kept for decryption during a rotation.
+    #[serde(default)]
+    pub previous_master_keys: Vec<String>,
+    /// How long a verified API key is remembered; a revocation takes this long to
+    /// reach running processes.
+    #[serde(default = "default_key_cache", with = "humantime_serde")]
+    pub api_key_cache: Duration,
+}
+
+fn default_key_cache() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("previous_master_keys", &self.previous_master_keys.len())
+            .finish()
+    }
+}
+
+/// When and how often a transient failure is retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Delay before the second attempt.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Each further delay is the previous one times this.
+    pub factor: f32,
+    /// Upper bound of one delay.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Attempts in all (the first included) before the message fails.
+    pub max_attempts: u32,
+    /// A message not sent this long after it was accepted fails as expired.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Add random jitter (up to one delay) so that a burst of failures does not come
+    /// back as a burst.
+    pub jitter: bool,
+    /// After an authentication failure the connection is paused this long; its
+    /// messages wait without spending attempts.
+    #[serde(with = "humantime_serde")]
+    pub auth_pause: Duration,
+}
+
+/// The outbox relay: publishes committed messages whose publish was never confirmed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// How often the relay looks for unpublished messages.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Messages younger than this are left to the request that accepted them.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Most messages republished per round.
+    pub batch: u32,
+}
+
+/// How long message content is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Content of terminal messages older than this many days is deleted; 0 keeps
+    /// everything. Fractions are allowed.
+    pub days: f64,
+    /// Delete whole messages and their history instead of only their content.
+    pub delete_rows: bool,
+    /// How often the job runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Messages per batch.
+    pub batch: i64,
+}
+
+/// `Idempotency-Key` handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// How long a key is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Upper bound on a request body, in bytes; larger bodies get 413.
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// PostgreSQL, the system of record.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Run the embedded migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+/// RabbitMQ, the work queue.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    /// Every queue name starts with this prefix, so several deployments (or tests) can
+    /// share one broker.
+    pub queue_prefix: String,
+    /// `classic` on a single node, `quorum` on a cluster.
+    pub queue_type: QueueType,
+    /// Delete the queues after this long unused (RabbitMQ `x-expires`); for tests only.
+    #[serde(default, with = "humantime_serde")]
+    pub queue_expires: Option<Duration>,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redact_url(&self.url))
+            .field("queue_prefix", &self.queue_prefix)
+            .field("queue_type", &self.queue_type)
+            .finish()
+    }
+}
+
+/// RabbitMQ queue type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// Delivery workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Deliveries one worker process runs at once; also its RabbitMQ prefetch.
+    pub concurrency: u16,
+    /// How long in-flight deliveries may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Where a worker-only process serves `/metrics` and `/healthz` (e.g.
+    /// `0.0.0.0:9091`); unset for none. API processes serve them on the API port.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// How often a worker tells PostgreSQL it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is presumed dead: its in-progress messages may be
+    /// taken over by another worker.
+    #[serde(with = "humantime_serde")]
+    pub presumed_dead_after: Duration,
+}
+
+/// SMTP client behaviour and the default connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// Name announced in EHLO; defaults to the machine's host name.
+    #[serde(default)]
+    pub hello_name: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Limit for each SMTP command's reply.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Limit for the reply to the end of DATA (the server may scan the message first).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Domain used in generated Message-IDs when the sender's domain cannot be used.
+    pub message_id_domain: String,
+    /// The connection used when a send names none.
+    pub default: Option<ConnectionSettings>,
+}
+
+/// An SMTP connection declared in configuration.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSettings {
+    #[serde(default = "default_connection_name")]
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub default_from: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u16,
+}
+
+fn default_connection_name() -> String {
+    "default".to_owned()
+}
+
+fn default_max_connections() -> u16 {
+    8
+}
+
+impl std::fmt::Debug for ConnectionSettings {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("default_from", &self.default_from)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Limits on what a send may contain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// To + CC + Bcc of one message.
+    pub max_recipients: usize,
+    pub max_attachments: usize,
+    /// Decoded size of one attachment, in bytes.
+    pub max_attachment_bytes: usize,
+    /// Size of the rendered message (headers, body, encoded attachments), in bytes.
+    pub max_message_bytes: usize,
+    /// Messages in one `POST /v1/messages/batch`.
+    pub batch_max: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `postwire=debug,sqlx=warn`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the configuration from `dir` (or `POSTWIRE_CONFIG_DIR`, or `./config`), the
+    /// environment's file and `POSTWIRE__*` variables.
+    pub fn load(dir: Option<&Path>) -> anyhow::Result<Settings> {
+        let dir = dir
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("POSTWIRE_CONFIG_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env = std::env::var("POSTWIRE_ENV").unwrap_or_else(|_| "development".to_owned());
+        let builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("POSTWIRE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        let raw = builder
+            .build()
+            .with_context(|| format!("reading configuration from {}", dir.display()))?;
+        let mut settings: Settings = raw.try_deserialize().context("invalid configuration")?;
+        settings.environment = env;
+        settings.check()?;
+        settings.cipher()?;
+        Ok(settings)
+    }
+
+    /// The cipher for secrets at rest. Outside `development` and `test` a master key
+    /// is required: the process refuses to start without one.
+    pub fn cipher(&self) -> anyhow::Result<crate::crypto::Cipher> {
+        match &self.security.master_key {
+            Some(key) if !key.trim().is_empty() => {
+                crate::crypto::Cipher::new(key, &self.security.previous_master_keys)
+            }
+            _ if matches!(self.environment.as_str(), "development" | "test") => {
+                tracing::warn!(
+                    "security.master_key is not set: using the development key; SMTP passwords are NOT protected"
+                );
+                Ok(crate::crypto::Cipher::development())
+            }
+            _ => anyhow::bail!(
+                "security.master_key is required when POSTWIRE_ENV={:?}: set it to 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
+                self.environment
+            ),
+        }
+    }
+
+    /// Checks what types alone cannot say.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.worker.concurrency > 0,
+            "worker.concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.database.max_connections > 0,
+            "database.max_connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.limits.max_recipients > 0,
+            "limits.max_recipients must be at least 1"
+        );
+        anyhow::ensure!(
+            self.retry.max_attempts > 0,
+            "retry.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(self.retry.factor >= 1.0, "retry.factor must be at least 1");
+        anyhow::ensure!(
+            !self.retry.initial.is_zero() && self.retry.initial <= self.retry.max_delay,
+            "retry.initial must be above zero and at most retry.max_delay"
+        );
+        anyhow::ensure!(
+            self.worker.presumed_dead_after > self.worker.heartbeat_interval * 2,
+            "worker.presumed_dead_after must be more than twice worker.heartbeat_interval"
+        );
+        if let Some(conn) = &self.smtp.default {
+            anyhow::ensure!(!conn.host.is_empty(), "smtp.default.host must not be empty");
+            anyhow::ensure!(
+                conn.max_connections > 0,
+                "smtp.default.max_connections must be at least 1"
+            );
+            if let Some(from) = &conn.default_from {
+                crate::domain::Mailbox::parse(from)
+                    .map_err(|e| anyhow::anyhow!("smtp.default.default_from: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hides the password part of a URL such as `postgres://user:secret@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:<redacted>{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:<redacted>@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://localhost/db"),
+            "postgres://localhost/db"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut settings = Settings::load(Some(&dir)).unwrap();
+        settings.security.master_key = Some("bWFzdGVyLWtleS1zZWNyZXQtdmFsdWUtMzJieXRlcyE=".into());
+        settings.database.url = "postgres://u:db-secret@host/db".into();
+        if let Some(c) = settings.smtp.default.as_mut() {
+            c.password = Some("smtp-secret".into());
+        }
+        let printed = format!("{settings:?}");
+        for secret in ["bWFzdGVyLWtleS1zZWNyZXQ", "db-secret", "smtp-secret"] {
+            assert!(!printed.contains(secret), "{secret} leaked");
+        }
+        let secret = crate::domain::Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn outside_development_a_master_key_is_required() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut settings = Settings::load(Some(&dir)).unwrap();
+        settings.environment = "production".to_owned();
+        settings.security.master_key = None;
+        let err = settings.cipher().unwrap_err().to_string();
+        assert!(err.contains("security.master_key"), "{err}");
+        settings.security.master_key = Some(crate::crypto::Cipher::generate_key());
+        assert!(settings.cipher().is_ok());
+    }
+
+    #[test]
+    fn the_shipped_default_configuration_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load(Some(&dir)).expect("config/default.toml must load");
+        assert_eq!(settings.amqp.queue_type, QueueType::Classic);
+    }
+}

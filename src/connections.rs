@@ -1,0 +1,155 @@
+//! The directory of SMTP connections: the one declared in configuration plus those
+//! stored in PostgreSQL (passwords decrypted here, and only here), cached briefly so
+//! the hot path does not query for every message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::ConnectionSettings;
+use crate::crypto::Cipher;
+use crate::domain::{Mailbox, Secret, Security, SmtpConnection};
+use crate::store::{ConnectionRow, Store};
+
+/// How long a looked-up connection is reused before asking PostgreSQL again; also how
+/// long an update takes to reach other processes.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+type Cached = (Instant, Option<Arc<SmtpConnection>>);
+
+/// Finds connections by name.
+pub struct Directory {
+    store: Store,
+    cipher: Cipher,
+    configured: Option<Arc<SmtpConnection>>,
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+impl Directory {
+    pub fn new(
+        store: Store,
+        cipher: Cipher,
+        configured: Option<&ConnectionSettings>,
+    ) -> anyhow::Result<Directory> {
+        let configured = configured
+            .map(|c| -> anyhow::Result<Arc<SmtpConnection>> {
+                Ok(Arc::new(SmtpConnection {
+                    name: c.name.clone(),
+                    host: c.host.clone(),
+                    port: c.port,
+                    security: c.security,
+                    username: c.username.clone(),
+                    password: c.password.clone().map(Secret::new),
+                    default_from: c
+                        .default_from
+                        .as_deref()
+                        .map(Mailbox::parse)
+                        .transpose()
+                        .context("smtp.default.default_from")?,
+                    max_connections: c.max_connections,
+                    max_rate_per_second: None,
+                    revision: 0,
+                }))
+            })
+            .transpose()?;
+        Ok(Directory {
+            store,
+            cipher,
+            configured,
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The name of the connection declared in configuration, if any.
+    pub fn configured_name(&self) -> Option<&str> {
+        self.configured.as_deref().map(|c| c.name.as_str())
+    }
+
+    pub fn cipher(&self) -> &Cipher {
+        &self.cipher
+    }
+
+    /// The connection called `name`, or `None` when there is none.
+    pub async fn get(&self, name: &str) -> anyhow::Result<Option<Arc<SmtpConnection>>> {
+        if let Some(c) = self.configured.as_ref().filter(|c| c.name == name) {
+            return Ok(Some(c.clone()));
+        }
+        if let Some((at, found)) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(found);
+            }
+        }
+        let found = match self
+            .store
+            .get_connection(name)
+            .await
+            .context("loading the connection")?
+        {
+            Some(row) => Some(Arc::new(self.from_row(&row)?)),
+            None => None,
+        };
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(name.to_owned(), (Instant::now(), found.clone()));
+        }
+        Ok(found)
+    }
+
+    /// Drops a cached entry (after this process changed the connection).
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(name);
+        }
+    }
+
+    /// A stored row as a usable connection, its password decrypted.
+    pub fn from_row(&self, row: &ConnectionRow) -> anyhow::Result<SmtpConnection> {
+        let password = row
+            .password_enc
+            .as_deref()
+            .map(|sealed| {
+                let clear = self.cipher.decrypt(sealed).with_context(|| {
+                    format!("decrypting the password of connection {:?}", row.name)
+                })?;
+                String::from_utf8(clear).context("the decrypted password is not UTF-8")
+            })
+            .transpose()?
+            .map(Secret::new);
+        Ok(SmtpConnection {
+            name: row.name.clone(),
+            host: row.host.clone(),
+            port: u16::try_from(row.port).context("stored port")?,
+            security: parse_security(&row.security)?,
+            username: row.username.clone(),
+            password,
+            default_from: row
+                .default_from
+                .as_deref()
+                .map(Mailbox::parse)
+                .transpose()
+                .context("stored default_from")?,
+            max_connections: u16::try_from(row.max_connections).unwrap_or(u16::MAX),
+            max_rate_per_second: row.max_rate_per_second.and_then(|r| u32::try_from(r).ok()),
+            revision: row.updated_at.timestamp_micros(),
+        })
+    }
+}
+
+fn parse_security(s: &str) -> anyhow::Result<Security> {
+    Ok(match s {
+        "starttls" => Security::Starttls,
+        "tls" => Security::Tls,
+        "none" => Security::None,
+        other => anyhow::bail!("unknown security {other:?}"),
+    })
+}
+
+/// The stored form of a security mode.
+pub fn security_str(s: Security) -> &'static str {
+    match s {
+        Security::Starttls => "starttls",
+        Security::Tls => "tls",
+        Security::None => "none",
+    }
+}

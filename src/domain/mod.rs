@@ -1,0 +1,35 @@
+//! Validated domain types. Request bodies become these at the edge; code past the edge
+//! never re-checks them.
+
+mod address;
+mod connection;
+mod delivery;
+mod importance;
+mod message;
+mod text;
+
+pub use address::{parse_mailbox_list, AddressError, EmailAddress, Mailbox};
+pub use connection::{parse_connection_name, Secret, Security, SmtpConnection};
+pub use delivery::{RecipientResult, SmtpReply, Status};
+pub use importance::Importance;
+pub use message::{
+    Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding,
+};
+pub use text::{check_header_text, HeaderTextError};
+
+/// One problem with one input field, as reported to the client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path of the field in the request, e.g. `To` or `Attachments[1].ContentData`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl std::fmt::Display) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}

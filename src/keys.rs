@@ -1,0 +1,162 @@
+//! API keys: `pw_<lookup>_<secret>`. The lookup part finds the stored row; only a
+//! SHA-256 of the secret part (256 random bits) is stored, compared in constant time.
+
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::OsRng;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::{ApiKeyRow, Store};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send messages.
+    Send,
+    /// Look messages up.
+    Read,
+    /// Manage connections.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "send" => Ok(Scope::Send),
+            "read" => Ok(Scope::Read),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!("unknown scope {other:?} (send, read, admin)")),
+        }
+    }
+}
+
+/// The caller of a request, once its key is verified.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: Uuid,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub default_connection: Option<String>,
+}
+
+impl Principal {
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// A newly created key: the full text is shown once and never stored.
+pub struct NewKey {
+    pub id: Uuid,
+    pub key: String,
+}
+
+/// Creates and stores a key.
+pub async fn create(
+    store: &Store,
+    name: &str,
+    scopes: &[Scope],
+    default_connection: Option<&str>,
+) -> Result<NewKey, sqlx::Error> {
+    let mut lookup = [0u8; 6];
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut lookup);
+    OsRng.fill_bytes(&mut secret);
+    let lookup = lookup
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let id = Uuid::now_v7();
+    store
+        .insert_api_key(&ApiKeyRow {
+            id,
+            name: name.to_owned(),
+            lookup: lookup.clone(),
+            secret_hash: Sha256::digest(secret.as_bytes()).to_vec(),
+            scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            default_connection: default_connection.map(str::to_owned),
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        })
+        .await?;
+    Ok(NewKey {
+        id,
+        key: format!("pw_{lookup}_{secret}"),
+    })
+}
+
+/// Splits a presented key into its lookup and secret parts.
+pub fn split(presented: &str) -> Option<(&str, &str)> {
+    let rest = presented.strip_prefix("pw_")?;
+    let (lookup, secret) = rest.split_once('_')?;
+    (lookup.len() == 12 && !secret.is_empty()).then_some((lookup, secret))
+}
+
+/// Checks a presented secret against a stored key, in constant time.
+pub fn verify(row: &ApiKeyRow, secret: &str) -> bool {
+    let presented = Sha256::digest(secret.as_bytes());
+    row.secret_hash.len() == presented.len()
+        && row
+            .secret_hash
+            .iter()
+            .zip(presented.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// A stored key as a principal (scopes it does not know are ignored).
+pub fn principal(row: &ApiKeyRow) -> Principal {
+    Principal {
+        key_id: row.id,
+        name: row.name.clone(),
+        scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+        default_connection: row.default_connection.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_split_into_lookup_and_secret() {
+        assert_eq!(
+            split("pw_0123456789ab_c2VjcmV0"),
+            Some(("0123456789ab", "c2VjcmV0"))
+        );
+        assert_eq!(split("pw_short_x"), None);
+        assert_eq!(split("Bearer pw_0123456789ab_x"), None);
+        assert_eq!(split("0123456789ab_x"), None);
+    }
+
+    #[test]
+    fn only_the_right_secret_verifies() {
+        let row = ApiKeyRow {
+            id: Uuid::nil(),
+            name: "t".into(),
+            lookup: "0123456789ab".into(),
+            secret_hash: Sha256::digest(b"right").to_vec(),
+            scopes: vec!["send".into()],
+            default_connection: None,
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        };
+        assert!(verify(&row, "right"));
+        assert!(!verify(&row, "wrong"));
+        assert!(!verify(&row, ""));
+    }
+}

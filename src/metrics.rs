@@ -1,0 +1,86 @@
+//! Prometheus metrics. Every name starts with `postwire_`; `connection` labels are the
+//! SMTP connection names (bounded: operators create them).
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (several in-process apps, as in tests,
+/// share it) and returns its handle for `/metrics`.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// A message changed state: `accepted`, `sent`, `deferred`, `failed`, `expired`,
+/// `cancelled`.
+pub fn message(connection: &str, outcome: &'static str) {
+    counter!("postwire_messages_total", "connection" => connection.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// One SMTP attempt: its duration and the class of the server's final reply
+/// (`2xx`, `4xx`, `5xx`, or `none` when the session broke first).
+pub fn attempt(connection: &str, seconds: f64, reply_code: Option<u16>) {
+    histogram!("postwire_smtp_attempt_duration_seconds", "connection" => connection.to_owned())
+        .record(seconds);
+    let class = match reply_code {
+        Some(c) if (200..300).contains(&c) => "2xx",
+        Some(c) if (400..500).contains(&c) => "4xx",
+        Some(c) if (500..600).contains(&c) => "5xx",
+        _ => "none",
+    };
+    counter!("postwire_smtp_replies_total", "connection" => connection.to_owned(), "class" => class)
+        .increment(1);
+}
+
+/// Time from publish to RabbitMQ's confirm.
+pub fn publish_confirm(seconds: f64) {
+    histogram!("postwire_publish_confirm_seconds").record(seconds);
+}
+
+/// Messages committed but not (yet) confirmed by RabbitMQ.
+pub fn outbox_backlog(count: i64) {
+    gauge!("postwire_outbox_backlog").set(count as f64);
+}
+
+/// Deliveries this worker process is running now.
+pub fn in_flight(delta: f64) {
+    gauge!("postwire_deliveries_in_flight").increment(delta);
+}
+
+/// SMTP sessions of a connection's pool in this process.
+pub fn pool_sessions(connection: &str, busy: usize, idle: usize) {
+    gauge!("postwire_smtp_sessions", "connection" => connection.to_owned(), "state" => "busy")
+        .set(busy as f64);
+    gauge!("postwire_smtp_sessions", "connection" => connection.to_owned(), "state" => "idle")
+        .set(idle as f64);
+}
+
+/// Ready messages in a RabbitMQ queue.
+pub fn queue_depth(queue: &str, messages: u32) {
+    gauge!("postwire_queue_messages", "queue" => queue.to_owned()).set(f64::from(messages));
+}

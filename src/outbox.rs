@@ -1,0 +1,141 @@
+//! The outbox relay: a message is committed before it is published, so a publish that
+//! failed (broker down) or never happened (process killed in between) is repaired
+//! here by publishing again from PostgreSQL. RabbitMQ down means late, not lost.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::OutboxSettings;
+use crate::queue::Publisher;
+use crate::store::Store;
+
+/// Relays until `shutdown`; also forgets expired idempotency keys.
+pub async fn run(
+    store: Store,
+    publisher: Arc<Publisher>,
+    settings: OutboxSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        observe(&store, &publisher).await;
+        match relay_once(&store, &publisher, &settings).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                relayed = n,
+                "outbox: published messages whose publish was not confirmed"
+            ),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "outbox relay round failed"),
+        }
+        rounds += 1;
+        if rounds % 300 == 1 {
+            match store.purge_idempotency_keys().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
+                Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+            }
+        }
+    }
+}
+
+/// Updates the backlog and queue depth gauges.
+async fn observe(store: &Store, publisher: &Publisher) {
+    if let Ok(backlog) = store.count_unpublished().await {
+        crate::metrics::outbox_backlog(backlog);
+    }
+    if let Ok(depths) = publisher.queue_depths().await {
+        for (queue, messages) in depths {
+            crate::metrics::queue_depth(&queue, messages);
+        }
+    }
+}
+
+/// One round: locks a batch of unpublished messages, publishes them (confirms
+/// pipelined), marks the confirmed ones published. Returns how many were published.
+pub async fn relay_once(
+    store: &Store,
+    publisher: &Publisher,
+    settings: &OutboxSettings,
+) -> anyhow::Result<usize> {
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .context("starting the outbox transaction")?;
+    let ids = Store::lock_unpublished(&mut tx, settings.grace, settings.batch)
+        .await
+        .context("finding unpublished messages")?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let results = futures_util::future::join_all(ids.iter().map(|id| publisher.publish(*id))).await;
+    let published: Vec<Uuid> = ids
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| *id)
+        .collect();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            unpublished = ids.len() - published.len(),
+            "outbox: RabbitMQ still refuses publishes"
+        );
+    }
+    Store::mark_published_with(&mut *tx, &published)
+        .await
+        .context("marking messages published")?;
+    tx.commit().await.context("committing the outbox round")?;
+    Ok(published.len())
+}
+
+/// Records "RabbitMQ confirmed this publish" for many messages with one UPDATE: the
+/// hot path hands ids to a background task instead of paying a round trip each. A
+/// mark lost in a crash only makes the relay publish that message again, which the
+/// worker's claim makes harmless.
+#[derive(Clone)]
+pub struct PublishedMarks {
+    tx: tokio::sync::mpsc::Sender<Vec<Uuid>>,
+}
+
+impl PublishedMarks {
+    /// Starts the background writer.
+    pub fn start(store: Store) -> PublishedMarks {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Uuid>>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut ids = first;
+                // Take whatever else is waiting, up to a few thousand ids.
+                while ids.len() < 5000 {
+                    match rx.try_recv() {
+                        Ok(more) => ids.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = store.mark_published(&ids).await {
+                    tracing::warn!(error = %e, count = ids.len(), "could not record publishes; the relay may publish them again");
+                }
+            }
+        });
+        PublishedMarks { tx }
+    }
+
+    /// Queues ids to be marked published.
+    pub async fn mark(&self, ids: Vec<Uuid>) {
+        if ids.is_empty() {
+            return;
+        }
+        if self.tx.send(ids).await.is_err() {
+            tracing::warn!("the publish recorder has stopped");
+        }
+    }
+}

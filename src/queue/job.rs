@@ -1,0 +1,118 @@
+//! The delivery job: what travels through RabbitMQ for one message.
+
+use chrono::{DateTime, TimeZone, Utc};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use uuid::Uuid;
+
+const DUE_HEADER: &str = "x-postwire-due-ms";
+const FAILURES_HEADER: &str = "x-postwire-failures";
+const REASON_HEADER: &str = "x-postwire-dead-reason";
+
+/// A delivery job. The body is the message id in text; the rest rides in headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: Uuid,
+    /// Not to be attempted before this time (a retry parked in a delay queue).
+    pub due: Option<DateTime<Utc>>,
+    /// Times processing failed for reasons other than SMTP (database errors...), so
+    /// that a message that can never be processed ends in the dead-letter queue.
+    pub failures: u32,
+}
+
+impl Job {
+    pub fn new(id: Uuid) -> Job {
+        Job {
+            id,
+            due: None,
+            failures: 0,
+        }
+    }
+
+    /// The same job, due at `at`.
+    pub fn due_at(self, at: DateTime<Utc>) -> Job {
+        Job {
+            due: Some(at),
+            ..self
+        }
+    }
+
+    /// The same job, due `wait` from now.
+    pub fn due_in(self, wait: std::time::Duration) -> Job {
+        let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::TimeDelta::MAX);
+        self.due_at(at)
+    }
+
+    /// Reads a job from a delivery; `Err` with the reason for poison.
+    pub fn decode(body: &[u8], properties: &BasicProperties) -> Result<Job, String> {
+        let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
+        let id = Uuid::parse_str(text.trim())
+            .map_err(|_| format!("the body is not a message id: {:?}", truncate(text, 64)))?;
+        let header = |name: &str| {
+            properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(name).cloned())
+        };
+        let due = match header(DUE_HEADER) {
+            Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(ms).single(),
+            _ => None,
+        };
+        let failures = match header(FAILURES_HEADER) {
+            Some(AMQPValue::LongUInt(n)) => n,
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        Ok(Job { id, due, failures })
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        self.id.to_string().into_bytes()
+    }
+
+    /// Persistent, with the job's headers.
+    pub fn properties(&self, dead_reason: Option<&str>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(due) = self.due {
+            headers.insert(
+                DUE_HEADER.into(),
+                AMQPValue::LongLongInt(due.timestamp_millis()),
+            );
+        }
+        if self.failures > 0 {
+            headers.insert(FAILURES_HEADER.into(), AMQPValue::LongUInt(self.failures));
+        }
+        if let Some(reason) = dead_reason {
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(ShortString::from("text/plain"))
+            .with_message_id(ShortString::from(self.id.to_string()))
+            .with_headers(headers)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_round_trip_through_their_properties() {
+        let job = Job {
+            id: Uuid::now_v7(),
+            due: Utc.timestamp_millis_opt(1_700_000_000_123).single(),
+            failures: 2,
+        };
+        let decoded = Job::decode(&job.body(), &job.properties(None)).unwrap();
+        assert_eq!(decoded, job);
+        assert!(Job::decode(b"garbage", &BasicProperties::default()).is_err());
+    }
+}

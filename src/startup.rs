@@ -1,0 +1,200 @@
+//! Wiring: builds the API and/or the worker from the configuration and runs them until
+//! a shutdown signal.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::connections::Directory;
+use crate::queue::{Publisher, Topology};
+use crate::smtp::Mailer;
+use crate::store::Store;
+use crate::worker::Worker;
+
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API only.
+    Api,
+    /// The delivery worker only.
+    Worker,
+    /// Both in one process.
+    All,
+}
+
+impl Role {
+    fn runs_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+
+    fn runs_worker(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
+    }
+}
+
+/// A built, not yet running, postwire process.
+pub struct Application {
+    api: Option<(TcpListener, axum::Router, Arc<Publisher>, Store)>,
+    worker: Option<Arc<Worker>>,
+    store: Store,
+    settings: Arc<Settings>,
+}
+
+impl Application {
+    /// Connects what the role needs, applies migrations if configured, and binds the
+    /// HTTP listener (port 0 picks a free one).
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Application> {
+        let settings = Arc::new(settings);
+        crate::metrics::install();
+        let store = Store::connect_lazy(&settings.database)?;
+        let connections = Arc::new(Directory::new(
+            store.clone(),
+            settings.cipher()?,
+            settings.smtp.default.as_ref(),
+        )?);
+        if settings.database.migrate_on_start {
+            store.migrate().await?;
+        }
+
+        let api = if role.runs_api() {
+            let address = format!("{}:{}", settings.server.host, settings.server.port);
+            let listener = TcpListener::bind(&address).await.with_context(|| {
+                format!("binding the HTTP listener to {address} (server.host, server.port)")
+            })?;
+            let publisher = Arc::new(Publisher::new(
+                settings.amqp.clone(),
+                Topology::new(&settings.amqp, &settings.retry),
+                "postwire-api",
+            ));
+            let state = AppState::new(
+                store.clone(),
+                publisher.clone(),
+                connections.clone(),
+                settings.clone(),
+            );
+            Some((listener, api::router(state), publisher, store.clone()))
+        } else {
+            None
+        };
+
+        let worker = role.runs_worker().then(|| {
+            Arc::new(Worker::new(
+                store.clone(),
+                connections.clone(),
+                Mailer::new(settings.smtp.clone(), settings.retry.auth_pause),
+                settings.amqp.clone(),
+                settings.worker.clone(),
+                settings.retry.clone(),
+            ))
+        });
+        Ok(Application {
+            api,
+            worker,
+            store,
+            settings,
+        })
+    }
+
+    /// The port the API listens on, if this process runs the API.
+    pub fn port(&self) -> Option<u16> {
+        self.api
+            .as_ref()
+            .and_then(|(listener, ..)| listener.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: the API stops accepting and
+    /// finishes in-flight requests, the worker finishes or hands back its deliveries.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let api_port = self.port();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::retention::run(
+            self.store.clone(),
+            self.settings.retention.clone(),
+            shutdown.clone(),
+        ));
+        if let Some((listener, router, publisher, store)) = self.api {
+            tasks.spawn(crate::outbox::run(
+                store,
+                publisher.clone(),
+                self.settings.outbox.clone(),
+                shutdown.clone(),
+            ));
+            let grace = self.settings.server.shutdown_timeout;
+            let token = shutdown.clone();
+            tracing::info!(address = %listener.local_addr()?, "API listening");
+            tasks.spawn(async move {
+                let stop = token.clone();
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                let result = tokio::select! {
+                    r = serve => r.context("HTTP server"),
+                    () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                        tracing::warn!("HTTP requests still running after server.shutdown_timeout; closing");
+                        Ok(())
+                    }
+                };
+                publisher.close().await;
+                result
+            });
+        }
+        if let Some(worker) = self.worker {
+            tasks.spawn(worker.run(shutdown.clone()));
+            if let (None, Some(address)) = (api_port, &self.settings.worker.metrics_listen) {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding worker.metrics_listen {address}"))?;
+                tracing::info!(address = %address, "worker metrics listening");
+                let token = shutdown.clone();
+                tasks.spawn(async move {
+                    axum::serve(listener, api::operations_router())
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await
+                        .context("worker metrics server")
+                });
+            }
+        }
+        let mut outcome = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined.context("a postwire task panicked").and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!(error = format!("{e:#}"), "stopping");
+                // One part failing stops the others: a half-running process misleads.
+                shutdown.cancel();
+                outcome = Err(e);
+            }
+        }
+        outcome
+    }
+}
+
+/// A token cancelled by SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown signal received; draining");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,200 @@
+//! Stored SMTP connections. The password column holds ciphertext only.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::Store;
+
+/// A connection as stored.
+#[derive(Clone)]
+pub struct ConnectionRow {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+    pub security: String,
+    pub username: Option<String>,
+    /// AES-256-GCM ciphertext of the password.
+    pub password_enc: Option<Vec<u8>>,
+    pub default_from: Option<String>,
+    pub max_connections: i32,
+    pub max_rate_per_second: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ConnectionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRow")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("has_password", &self.password_enc.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of a delete.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteConnection {
+    Deleted,
+    NotFound,
+    /// Messages still wait to be sent through it.
+    InUse(i64),
+}
+
+const COLUMNS: &str = "id, name, host, port, security, username, password_enc, default_from, \
+     max_connections, max_rate_per_second, created_at, updated_at";
+
+impl Store {
+    /// Creates a connection; `false` when the name is taken.
+    pub async fn insert_connection(&self, c: &ConnectionRow) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO smtp_connections (id, name, host, port, security, username, password_enc,
+                 default_from, max_connections, max_rate_per_second)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(c.id)
+        .bind(&c.name)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.security)
+        .bind(&c.username)
+        .bind(&c.password_enc)
+        .bind(&c.default_from)
+        .bind(c.max_connections)
+        .bind(c.max_rate_per_second)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Replaces a connection's settings (the caller merged the patch).
+    pub async fn update_connection(&self, c: &ConnectionRow) -> Result<bool, sqlx::Error> {
+        let updated = sqlx::query(
+            "UPDATE smtp_connections
+                SET host = $2, port = $3, security = $4, username = $5, password_enc = $6,
+                    default_from = $7, max_connections = $8, max_rate_per_second = $9,
+                    updated_at = clock_timestamp()
+              WHERE name = $1",
+        )
+        .bind(&c.name)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.security)
+        .bind(&c.username)
+        .bind(&c.password_enc)
+        .bind(&c.default_from)
+        .bind(c.max_connections)
+        .bind(c.max_rate_per_second)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    pub async fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM smtp_connections WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| connection_from_row(&r))
+        .transpose()
+    }
+
+    pub async fn list_connections(&self) -> Result<Vec<ConnectionRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM smtp_connections ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(connection_from_row)
+        .collect()
+    }
+
+    /// Deletes a connection; refuses while messages wait on it unless `force`.
+    pub async fn delete_connection(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<DeleteConnection, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM smtp_connections WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(DeleteConnection::NotFound);
+        }
+        if !force {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM messages
+                  WHERE connection = $1 AND status IN ('queued', 'deferred', 'sending')",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            if pending > 0 {
+                return Ok(DeleteConnection::InUse(pending));
+            }
+        }
+        sqlx::query("DELETE FROM smtp_connections WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeleteConnection::Deleted)
+    }
+
+    /// Re-encrypts every stored password with `reencrypt` (master key rotation).
+    pub async fn reencrypt_passwords(
+        &self,
+        reencrypt: impl Fn(&[u8]) -> anyhow::Result<Option<Vec<u8>>>,
+    ) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, password_enc FROM smtp_connections WHERE password_enc IS NOT NULL FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for (id, sealed) in rows {
+            if let Some(new) = reencrypt(&sealed)? {
+                sqlx::query("UPDATE smtp_connections SET password_enc = $2, updated_at = clock_timestamp() WHERE id = $1")
+                    .bind(id)
+                    .bind(new)
+                    .execute(&mut *tx)
+                    .await?;
+                changed += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
+
+fn connection_from_row(r: &sqlx::postgres::PgRow) -> Result<ConnectionRow, sqlx::Error> {
+    Ok(ConnectionRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        host: r.try_get("host")?,
+        port: r.try_get("port")?,
+        security: r.try_get("security")?,
+        username: r.try_get("username")?,
+        password_enc: r.try_get("password_enc")?,
+        default_from: r.try_get("default_from")?,
+        max_connections: r.try_get("max_connections")?,
+        max_rate_per_second: r.try_get("max_rate_per_second")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}

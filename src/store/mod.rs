@@ -1,0 +1,92 @@
+//! PostgreSQL: the system of record. All SQL lives in this module.
+
+mod api_keys;
+mod connections;
+mod listing;
+mod messages;
+mod outbox;
+mod workers;
+
+pub use api_keys::ApiKeyRow;
+pub use connections::{ConnectionRow, DeleteConnection};
+pub use listing::{ListFilter, MessageSummary};
+pub use messages::{
+    Accept, Cancel, Claim, Claimed, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow,
+    Outcome,
+};
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations of `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Opens the pool lazily: the process starts even while PostgreSQL is down, and
+    /// requests then get 503 instead of the process crashing.
+    pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Store> {
+        let options: PgConnectOptions = settings
+            .url
+            .parse()
+            .context("database.url is not a valid PostgreSQL URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(options);
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying database migrations")
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// True for errors that mean "the database is unreachable or overloaded" rather than a
+/// bug: the API answers those with 503 and `Retry-After`.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            // Class 08 (connection exception), 53 (insufficient resources),
+            // 57P (operator intervention: shutdown, crash recovery).
+            db.code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,431 @@
+//! The delivery worker: consumes jobs from RabbitMQ, claims each message in PostgreSQL,
+//! sends it through the SMTP pools, records the outcome, and parks retries in the
+//! delay queues.
+
+mod decide;
+mod recorder;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
+use crate::connections::Directory;
+use crate::queue::{Job, Publisher, Topology};
+use crate::smtp::{Delivery, Mailer};
+use crate::store::{Claim, Outcome, Store};
+
+pub use decide::{Next, RetryPolicy};
+
+/// Processing failures (database unreachable...) a job may have before it is
+/// dead-lettered and its message failed.
+const MAX_PROCESSING_FAILURES: u32 = 8;
+
+/// Everything a worker needs; shared by its delivery tasks.
+pub struct Worker {
+    id: Uuid,
+    host: String,
+    store: Store,
+    connections: Arc<Directory>,
+    mailer: Mailer,
+    publisher: Publisher,
+    amqp: AmqpSettings,
+    topology: Topology,
+    settings: WorkerSettings,
+    policy: RetryPolicy,
+    /// Messages this process is attempting right now.
+    in_flight: Mutex<HashSet<Uuid>>,
+    recorder: recorder::Recorder,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        connections: Arc<Directory>,
+        mailer: Mailer,
+        amqp: AmqpSettings,
+        settings: WorkerSettings,
+        retry: RetrySettings,
+    ) -> Worker {
+        let topology = Topology::new(&amqp, &retry);
+        let recorder = recorder::Recorder::start(store.clone());
+        Worker {
+            id: Uuid::now_v7(),
+            host: hostname(),
+            publisher: Publisher::new(amqp.clone(), topology.clone(), "postwire-worker"),
+            store,
+            connections,
+            mailer,
+            amqp,
+            topology,
+            settings,
+            policy: RetryPolicy::new(retry),
+            in_flight: Mutex::new(HashSet::new()),
+            recorder,
+        }
+    }
+
+    /// Consumes until `shutdown` fires, reconnecting to RabbitMQ after failures. On
+    /// shutdown, stops consuming, lets in-flight deliveries finish within
+    /// `worker.shutdown_timeout`, then closes the channel so RabbitMQ hands whatever
+    /// is left to another worker.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Err(e) = self.store.register_worker(self.id, &self.host).await {
+            tracing::warn!(error = %e, "could not register the worker yet; heartbeats will retry");
+        }
+        let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
+        tracing::info!(worker_id = %self.id, "worker starting");
+
+        let slots = Arc::new(Semaphore::new(usize::from(self.settings.concurrency)));
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match self.consume(&slots, &shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "consumer stopped; reconnecting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        heartbeat.abort();
+        self.mailer.close().await;
+        self.publisher.close().await;
+        if let Err(e) = self.store.unregister_worker(self.id).await {
+            tracing::warn!(error = %e, "could not unregister the worker");
+        }
+        tracing::info!(worker_id = %self.id, "worker stopped");
+        Ok(())
+    }
+
+    async fn heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.store.heartbeat(self.id, &self.host).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+
+    async fn consume(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let conn = crate::queue::connect(&self.amqp, "postwire-worker").await?;
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        self.topology.declare(&channel).await?;
+        channel
+            .basic_qos(self.settings.concurrency, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let mut consumer = channel
+            .basic_consume(
+                &self.topology.deliver,
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming from {}", self.topology.deliver))?;
+        tracing::info!(queue = %self.topology.deliver, concurrency = self.settings.concurrency, "worker consuming");
+
+        let result = loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving from RabbitMQ")),
+                None => break Err(anyhow::anyhow!("the RabbitMQ consumer was cancelled")),
+            };
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .context("worker slots closed")?;
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.handle(delivery).await;
+                drop(slot);
+            });
+        };
+
+        // Stop receiving; in-flight deliveries keep the channel until they ack, then
+        // closing it hands anything unacknowledged back to RabbitMQ.
+        let _ = channel
+            .basic_cancel(consumer.tag().as_str(), Default::default())
+            .await;
+        let all = u32::from(self.settings.concurrency);
+        let grace = if shutdown.is_cancelled() {
+            self.settings.shutdown_timeout
+        } else {
+            Duration::ZERO
+        };
+        match tokio::time::timeout(grace, slots.acquire_many(all)).await {
+            Ok(Ok(permits)) => drop(permits),
+            _ if shutdown.is_cancelled() => tracing::warn!(
+                "deliveries still running after worker.shutdown_timeout; RabbitMQ will redeliver them"
+            ),
+            _ => {}
+        }
+        let _ = channel.close(200, "worker stopping").await;
+        let _ = conn.close(200, "worker stopping").await;
+        result
+    }
+
+    /// Handles one queue message. It is acknowledged only once its consequence is
+    /// durable: the outcome recorded, or the retry parked with a confirm. Anything
+    /// else requeues it.
+    async fn handle(&self, delivery: AmqpDelivery) {
+        let job = match Job::decode(&delivery.data, &delivery.properties) {
+            Ok(job) => job,
+            Err(reason) => {
+                tracing::error!(reason = %reason, "undecodable delivery job; dead-lettered");
+                let parked = self
+                    .publisher
+                    .dead_letter_raw(&delivery.data, &reason)
+                    .await;
+                settle(&delivery, parked).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("deliver", message_id = %job.id);
+        let next = self.process(job).instrument(span.clone()).await;
+        let settled = match next {
+            Next::Done => Ok(()),
+            Next::Park(job, wait) => {
+                tracing::debug!(parent: &span, wait = ?wait, "parked");
+                self.publisher.park(&job, wait).await
+            }
+            Next::Dead(job, reason) => {
+                tracing::error!(parent: &span, reason = %reason, "cannot be processed; dead-lettered and failed");
+                if let Err(e) = self.store.fail_unprocessable(job.id, &reason).await {
+                    tracing::error!(parent: &span, error = %e, "could not mark the message failed");
+                }
+                self.publisher.dead_letter(&job, &reason).await
+            }
+        };
+        if let Err(e) = &settled {
+            tracing::warn!(parent: &span, error = format!("{e:#}"), "could not queue the follow-up; requeued");
+        }
+        settle(&delivery, settled).await;
+    }
+
+    async fn process(&self, job: Job) -> Next {
+        if let Some(wait) = job.due.and_then(|due| (due - Utc::now()).to_std().ok()) {
+            if !wait.is_zero() {
+                return Next::Park(job, wait);
+            }
+        }
+        let Some(_guard) = InFlight::enter(&self.in_flight, job.id) else {
+            // A duplicate job for a message this process is sending right now.
+            return Next::Park(
+                job.due_in(self.settings.presumed_dead_after),
+                self.settings.presumed_dead_after,
+            );
+        };
+        match self.attempt(job.id).await {
+            Ok(next) => next,
+            Err(e) => {
+                let failures = job.failures + 1;
+                let reason = format!("{e:#}");
+                if failures >= MAX_PROCESSING_FAILURES {
+                    return Next::Dead(job, format!("failed {failures} times: {reason}"));
+                }
+                let wait = Duration::from_millis(250) * 2u32.pow(failures.min(8));
+                tracing::warn!(error = %reason, failures, retry_in = ?wait, "processing failed");
+                Next::Park(
+                    Job {
+                        failures,
+                        ..job.due_in(wait)
+                    },
+                    wait,
+                )
+            }
+        }
+    }
+
+    async fn attempt(&self, id: Uuid) -> anyhow::Result<Next> {
+        let claimed = match self
+            .store
+            .claim(id, self.id, self.settings.presumed_dead_after)
+            .await
+            .context("claiming the message")?
+        {
+            Claim::Claimed(c) => c,
+            Claim::InProgress => {
+                // Another live worker has it, or a crashed one that is not yet
+                // presumed dead: look again later rather than drop the job.
+                let wait = self.settings.presumed_dead_after;
+                tracing::info!(recheck_in = ?wait, "being sent by another worker; will check again");
+                return Ok(Next::Park(Job::new(id).due_in(wait), wait));
+            }
+            Claim::Nothing(Some(status)) if !status.is_terminal() => {
+                // Claimable by status but not by content: the stored message is gone.
+                return Ok(Next::Dead(
+                    Job::new(id),
+                    "the stored message content is missing".to_owned(),
+                ));
+            }
+            Claim::Nothing(status) => {
+                tracing::info!(status = ?status.map(|s| s.as_str()), "nothing to deliver; skipped");
+                return Ok(Next::Done);
+            }
+        };
+        let (outcome, next) = if self.policy.expired(claimed.created_at) {
+            self.policy.expire()
+        } else {
+            tracing::debug!(connection = %claimed.connection, attempt = claimed.attempt, "sending");
+            let started = std::time::Instant::now();
+            let delivery = match self.connections.get(&claimed.connection).await {
+                Ok(Some(connection)) => {
+                    self.mailer
+                        .send(
+                            &connection,
+                            &claimed.envelope_from,
+                            &claimed.envelope_to,
+                            &claimed.raw,
+                        )
+                        .await
+                }
+                Ok(None) => Delivery::Rejected {
+                    reply: None,
+                    error: format!(
+                        "the SMTP connection {:?} no longer exists",
+                        claimed.connection
+                    ),
+                    recipients: Vec::new(),
+                },
+                // PostgreSQL or the master key failing is not the message's fault.
+                Err(e) => Delivery::Deferred {
+                    reply: None,
+                    error: format!("{e:#}"),
+                    recipients: Vec::new(),
+                },
+            };
+            let outcome = self.policy.decide(&claimed, delivery);
+            if outcome.0.attempted {
+                let code = outcome.0.reply.as_ref().map(|r| r.code);
+                crate::metrics::attempt(&claimed.connection, started.elapsed().as_secs_f64(), code);
+            }
+            outcome
+        };
+        log_outcome(&claimed.connection, claimed.attempt, &outcome);
+        self.record(id, claimed.attempt, &outcome).await?;
+        crate::metrics::message(&claimed.connection, outcome.event);
+        Ok(next)
+    }
+
+    /// Records an outcome, retrying briefly: after an SMTP 250 a lost record means a
+    /// duplicate later, so a database blip is worth waiting out.
+    async fn record(&self, id: Uuid, attempt: i32, outcome: &Outcome) -> anyhow::Result<()> {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..6 {
+            match self.recorder.record(id, attempt, outcome.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if crate::store::is_unavailable(&e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(anyhow::anyhow!("recording the outcome: {e}")),
+            }
+        }
+        self.recorder
+            .record(id, attempt, outcome.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("recording the outcome: {e}"))
+    }
+}
+
+fn log_outcome(connection: &str, attempt: i32, outcome: &Outcome) {
+    let reply = outcome.reply.as_ref().map(ToString::to_string);
+    match outcome.status {
+        crate::domain::Status::Sent => tracing::info!(connection, attempt, reply, "sent"),
+        status => tracing::warn!(
+            connection,
+            attempt,
+            status = %status,
+            reply,
+            error = outcome.error.as_deref().unwrap_or(""),
+            next_attempt_at = ?outcome.next_attempt_at,
+            "not sent"
+        ),
+    }
+}
+
+/// Acks when the follow-up is durable, else requeues after a pause (so a broken
+/// broker or database is not hammered).
+async fn settle(delivery: &AmqpDelivery, follow_up: anyhow::Result<()>) {
+    let result = match follow_up {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "ack/nack failed; RabbitMQ will redeliver");
+    }
+}
+
+/// Marks a message as being attempted by this process for as long as it lives.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<Uuid>>,
+    id: Uuid,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(set: &'a Mutex<HashSet<Uuid>>, id: Uuid) -> Option<InFlight<'a>> {
+        let inserted = set.lock().ok()?.insert(id);
+        if !inserted {
+            // Not a guard: dropping one would remove the other attempt's entry.
+            return None;
+        }
+        crate::metrics::in_flight(1.0);
+        Some(InFlight { set, id })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.id);
+        }
+        crate::metrics::in_flight(-1.0);
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

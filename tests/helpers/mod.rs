@@ -1,0 +1,349 @@
+//! Shared test harness: `spawn_app()` starts postwire in-process on port 0 with its own
+//! database, its own RabbitMQ queues and a scripted SMTP server.
+#![allow(dead_code, unused_imports)]
+
+pub mod proxy;
+pub mod smtp_server;
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+use postwire::config::{ConnectionSettings, Settings};
+use postwire::domain::Security;
+use postwire::keys::Scope;
+use postwire::{Application, Role};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use smtp_server::{Action, Event, ReceivedMail, Script, TestSmtpServer};
+
+/// The default sender of the test connection.
+pub const DEFAULT_FROM: &str = "Postwire Test <sender@example.com>";
+
+/// A running postwire with everything it talks to.
+pub struct TestApp {
+    pub address: String,
+    /// Sends an API key with every scope.
+    pub client: reqwest::Client,
+    /// Sends no API key.
+    pub anonymous: reqwest::Client,
+    pub db: PgPool,
+    pub smtp: TestSmtpServer,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static TRACING: Once = Once::new();
+
+/// Base URL of the PostgreSQL server the tests create their databases on.
+fn database_server() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Settings for a test: the shipped defaults, with a fresh database, unique queue
+/// names, port 0 and the test SMTP server as the default connection.
+pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = Settings::load(Some(&dir)).expect("config/default.toml loads");
+    let db_name = format!("postwire_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&format!("{}/postgres", database_server()))
+        .await
+        .expect("PostgreSQL must be running (see README: Running the tests)");
+    sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    settings.database.url = format!("{}/{db_name}", database_server());
+    settings.database.max_connections = 8;
+    settings.server.port = 0;
+    settings.security.api_key_cache = Duration::ZERO;
+    settings.amqp.queue_prefix = format!("pwtest-{}", Uuid::new_v4().simple());
+    settings.amqp.queue_expires = Some(Duration::from_secs(600));
+    if let Ok(url) = std::env::var("TEST_AMQP_URL") {
+        settings.amqp.url = url;
+    }
+    settings.worker.concurrency = 8;
+    settings.worker.shutdown_timeout = Duration::from_secs(2);
+    settings.worker.heartbeat_interval = Duration::from_millis(200);
+    settings.worker.presumed_dead_after = Duration::from_secs(1);
+    settings.outbox.interval = Duration::from_millis(200);
+    settings.outbox.grace = Duration::from_millis(500);
+    settings.server.shutdown_timeout = Duration::from_secs(2);
+    settings.smtp.connect_timeout = Duration::from_secs(2);
+    settings.smtp.command_timeout = Duration::from_secs(3);
+    settings.smtp.data_timeout = Duration::from_secs(3);
+    settings.smtp.default = Some(ConnectionSettings {
+        name: "default".to_owned(),
+        host: "127.0.0.1".to_owned(),
+        port: smtp.port(),
+        security: Security::None,
+        username: None,
+        password: None,
+        default_from: Some(DEFAULT_FROM.to_owned()),
+        max_connections: 4,
+    });
+    settings
+}
+
+/// Starts postwire (API and worker) against an SMTP server that accepts everything.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Script::accept_all(), |_| {}).await
+}
+
+/// Starts postwire against an SMTP server following `script`, after `adjust` has
+/// changed the test settings.
+pub async fn spawn_app_with(script: Script, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_role_with(Role::All, script, adjust).await
+}
+
+/// Like `spawn_app_with`, running only `role` in-process.
+pub async fn spawn_role_with(
+    role: Role,
+    script: Script,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber_init();
+        }
+    });
+    let smtp = TestSmtpServer::start_with(script).await;
+    let mut settings = test_settings(&smtp).await;
+    adjust(&mut settings);
+    let app = Application::build(settings.clone(), role)
+        .await
+        .expect("postwire builds");
+    let port = app.port().unwrap_or(0);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    let db = PgPool::connect(&settings.database.url)
+        .await
+        .expect("connect to the test database");
+    let key = create_key(&db, &[Scope::Send, Scope::Read, Scope::Admin], None).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        // A hung request fails the test with a message instead of hanging it.
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .default_headers(headers)
+            .build()
+            .expect("HTTP client"),
+        anonymous: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("HTTP client"),
+        db,
+        smtp,
+        settings,
+        shutdown,
+    }
+}
+
+/// Creates an API key the way `postwire keys create` does; returns its text.
+pub async fn create_key(db: &PgPool, scopes: &[Scope], default_connection: Option<&str>) -> String {
+    let store = postwire::store::Store::from_pool(db.clone());
+    postwire::keys::create(&store, "test", scopes, default_connection)
+        .await
+        .expect("create an API key")
+        .key
+}
+
+fn tracing_subscriber_init() -> anyhow::Result<()> {
+    let mut log = Settings::load(Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")))?.log;
+    log.level = "debug,sqlx=warn,lapin=info".to_owned();
+    postwire::telemetry::init(&log)
+}
+
+/// A minimal valid send body.
+pub fn simple_message() -> Value {
+    json!({
+        "To": "Ann <ann@example.com>",
+        "Subject": "Hello",
+        "Body": "Hi Ann,\nthis is a test.\n",
+    })
+}
+
+impl TestApp {
+    /// Stops the app (as SIGTERM would).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// `POST /v1/messages` with a JSON body.
+    pub async fn send(&self, body: &Value) -> reqwest::Response {
+        self.post("/v1/messages", body).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// Sends and expects 202; returns the message id.
+    pub async fn send_ok(&self, body: &Value) -> String {
+        let response = self.send(body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, 202, "expected 202, got {status}: {text}");
+        let accepted: Value = serde_json::from_str(&text).expect("202 body is JSON");
+        assert_eq!(accepted["status"], "queued");
+        accepted["id"].as_str().expect("id").to_owned()
+    }
+
+    /// `GET /v1/messages/{id}` as JSON.
+    pub async fn message(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/messages/{id}")).await;
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.expect("message JSON")
+    }
+
+    /// `GET /v1/messages/{id}/events` as JSON.
+    pub async fn events(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/messages/{id}/events")).await;
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.expect("events JSON")
+    }
+
+    /// Polls the status lookup until the message is terminal (sent, failed, cancelled).
+    pub async fn wait_until_terminal(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let message = self.message(id).await;
+            if matches!(
+                message["status"].as_str(),
+                Some("sent" | "failed" | "cancelled")
+            ) {
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} not terminal after 20s: {message}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until `check` holds for the message's status JSON.
+    pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let message = self.message(id).await;
+            if check(&message) {
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id}: not {what} after 20s: {message}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The types of a message's events, in order.
+    pub async fn event_types(&self, id: &str) -> Vec<String> {
+        self.events(id).await["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Rows in the messages table (to prove that nothing was stored).
+    pub async fn stored_messages(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&self.db)
+            .await
+            .expect("count messages")
+    }
+}
+
+/// `simple_message()` with some fields replaced.
+pub fn message_with(changes: Value) -> Value {
+    let mut body = simple_message();
+    for (k, v) in changes.as_object().expect("an object of changes") {
+        body[k] = v.clone();
+    }
+    body
+}
+
+/// Sends `body`, expects `status` naming `field`, and checks nothing was stored or
+/// sent.
+pub async fn assert_refused(app: &TestApp, body: Value, status: u16, field: &str) -> Value {
+    let problem = assert_problem(app.send(&body).await, status, field).await;
+    assert_eq!(
+        app.stored_messages().await,
+        0,
+        "nothing may be stored for {body}"
+    );
+    assert_eq!(app.smtp.sessions_opened(), 0, "nothing may be sent");
+    problem
+}
+
+/// Asserts a problem+json answer with `status` that names `field`.
+pub async fn assert_problem(response: reqwest::Response, status: u16, field: &str) -> Value {
+    let got = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(got, status, "unexpected status; body: {body}");
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(body["status"], status);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        fields.contains(&field),
+        "expected an error naming {field:?}, got {body}"
+    );
+    body
+}
+
+/// The postwire id a received message carries in its X-Postwire-Id header.
+pub fn postwire_id(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    let header_end = text.find("\r\n\r\n").unwrap_or(text.len());
+    text[..header_end]
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Postwire-Id: "))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Parses a received message.
+pub fn parse_mail(mail: &ReceivedMail) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default()
+        .parse(&mail.data)
+        .expect("the received message parses as MIME")
+}
