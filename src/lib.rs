@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod batcher;
 pub mod bench;
 pub mod config;
 pub mod connections;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::batcher::Batcher;
 use crate::config::OutboxSettings;
 use crate::queue::Publisher;
 use crate::store::Store;
@@ -104,29 +105,24 @@ pub async fn relay_once(
 /// worker's claim makes harmless.
 #[derive(Clone)]
 pub struct PublishedMarks {
-    tx: tokio::sync::mpsc::Sender<Vec<Uuid>>,
+    marks: Batcher<Vec<Uuid>, ()>,
 }
 
 impl PublishedMarks {
     /// Starts the background writer.
     pub fn start(store: Store) -> PublishedMarks {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Uuid>>(4096);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut ids = first;
-                // Take whatever else is waiting, up to a few thousand ids.
-                while ids.len() < 5000 {
-                    match rx.try_recv() {
-                        Ok(more) => ids.extend(more),
-                        Err(_) => break,
-                    }
-                }
+        let marks = Batcher::start(64, 1, move |batches: Vec<Vec<Uuid>>| {
+            let store = store.clone();
+            async move {
+                let n = batches.len();
+                let ids: Vec<Uuid> = batches.into_iter().flatten().collect();
                 if let Err(e) = store.mark_published(&ids).await {
                     tracing::warn!(error = %e, count = ids.len(), "could not record publishes; the relay may publish them again");
                 }
+                vec![(); n]
             }
         });
-        PublishedMarks { tx }
+        PublishedMarks { marks }
     }
 
     /// Queues ids to be marked published.
@@ -134,7 +130,7 @@ impl PublishedMarks {
         if ids.is_empty() {
             return;
         }
-        if self.tx.send(ids).await.is_err() {
+        if !self.marks.submit(ids).await {
             tracing::warn!("the publish recorder has stopped");
         }
     }

@@ -577,3 +577,47 @@ async fn an_expired_idempotency_key_can_be_used_again() {
     assert_ne!(first["id"], second["id"]);
     assert_eq!(app.stored_messages().await, 2);
 }
+
+#[tokio::test]
+async fn one_batched_claim_sorts_out_claimable_duplicate_running_and_finished_messages() {
+    use postwire::store::{Claim, Outcome, Store};
+    // API only: the messages stay queued for the store to claim by hand.
+    let app = helpers::spawn_role_with(postwire::Role::Api, Script::accept_all(), |_| {}).await;
+    let store = Store::from_pool(app.db.clone());
+    let a: uuid::Uuid = app.send_ok(&simple_message()).await.parse().unwrap();
+    let b: uuid::Uuid = app.send_ok(&simple_message()).await.parse().unwrap();
+    let unknown = uuid::Uuid::now_v7();
+    let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.register_worker(first, "test").await.unwrap();
+    store.register_worker(second, "test").await.unwrap();
+    let dead = Duration::from_secs(60);
+
+    let claims = store.claim(&[a, b, a, unknown], first, dead).await.unwrap();
+    assert!(matches!(&claims[0], Claim::Claimed(c) if c.id == a && c.attempt == 1));
+    assert!(matches!(&claims[1], Claim::Claimed(c) if c.id == b && !c.raw.is_empty()));
+    assert!(matches!(claims[2], Claim::InProgress), "{:?}", claims[2]);
+    assert!(matches!(claims[3], Claim::Nothing(None)), "{:?}", claims[3]);
+
+    // b ends; a is still being sent by a live worker.
+    let sent = Outcome {
+        status: postwire::domain::Status::Sent,
+        event: "sent",
+        reply: None,
+        error: None,
+        recipients: Vec::new(),
+        next_attempt_at: None,
+        attempted: true,
+    };
+    store.record_outcomes(&[(b, 1, &sent)]).await.unwrap();
+    let claims = store.claim(&[a, b], second, dead).await.unwrap();
+    assert!(matches!(claims[0], Claim::InProgress), "{:?}", claims[0]);
+    assert!(
+        matches!(
+            claims[1],
+            Claim::Nothing(Some(postwire::domain::Status::Sent))
+        ),
+        "{:?}",
+        claims[1]
+    );
+    assert_eq!(app.message(&b.to_string()).await["attempts"], 1);
+}

@@ -1,5 +1,7 @@
 //! Messages and their events.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::Row;
@@ -262,21 +264,29 @@ impl Store {
         Ok(())
     }
 
-    /// Claims a message for an attempt by `worker`. A `queued` or `deferred` message
-    /// can be claimed, and so can one left in `sending` by a worker that stopped
-    /// heartbeating `presumed_dead_after` ago (it crashed mid-attempt). Anything else
-    /// is reported, not claimed, so a duplicate queue delivery finds nothing to do.
+    /// Claims messages for an attempt by `worker`, answering one [`Claim`] per id, in
+    /// order. A `queued` or `deferred` message can be claimed, and so can one left in
+    /// `sending` by a worker that stopped heartbeating `presumed_dead_after` ago (it
+    /// crashed mid-attempt). Anything else is reported, not claimed, so a duplicate
+    /// queue delivery finds nothing to do.
+    ///
+    /// One statement for all of them: concurrent deliveries share the commit. Rows
+    /// are locked in id order, as [`Store::record_outcomes`] does, so two workers'
+    /// batches can never deadlock on each other.
     pub async fn claim(
         &self,
-        id: Uuid,
+        ids: &[Uuid],
         worker: Uuid,
         presumed_dead_after: std::time::Duration,
-    ) -> Result<Claim, sqlx::Error> {
-        let row = sqlx::query(
-            "UPDATE messages m
+    ) -> Result<Vec<Claim>, sqlx::Error> {
+        let rows = sqlx::query(
+            "WITH locked AS MATERIALIZED (
+                SELECT id FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+             UPDATE messages m
                 SET status = 'sending', attempts = m.attempts + 1, claimed_at = now(),
                     claimed_by = $2, updated_at = now()
-              WHERE m.id = $1
+               FROM locked
+              WHERE m.id = locked.id
                 AND EXISTS (SELECT 1 FROM message_bodies b WHERE b.message_id = m.id)
                 AND (m.status IN ('queued', 'deferred')
                      -- this worker's own claim whose outcome was never recorded
@@ -285,29 +295,63 @@ impl Store {
                            SELECT 1 FROM workers w
                             WHERE w.id = m.claimed_by
                               AND w.heartbeat_at > now() - make_interval(secs => $3))))
-          RETURNING id, connection, envelope_from, envelope_to, attempts, created_at,
+          RETURNING m.id, m.connection, m.envelope_from, m.envelope_to, m.attempts, m.created_at,
                     (SELECT raw FROM message_bodies b WHERE b.message_id = m.id) AS raw",
         )
-        .bind(id)
+        .bind(ids)
         .bind(worker)
         .bind(presumed_dead_after.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        if let Some(r) = row {
-            return Ok(Claim::Claimed(Claimed {
-                id: r.try_get("id")?,
-                connection: r.try_get("connection")?,
-                envelope_from: r.try_get("envelope_from")?,
-                envelope_to: r.try_get("envelope_to")?,
-                raw: r.try_get("raw")?,
-                attempt: r.try_get("attempts")?,
-                created_at: r.try_get("created_at")?,
-            }));
+        let mut claimed = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: Uuid = r.try_get("id")?;
+            claimed.insert(
+                id,
+                Claimed {
+                    id,
+                    connection: r.try_get("connection")?,
+                    envelope_from: r.try_get("envelope_from")?,
+                    envelope_to: r.try_get("envelope_to")?,
+                    raw: r.try_get("raw")?,
+                    attempt: r.try_get("attempts")?,
+                    created_at: r.try_get("created_at")?,
+                },
+            );
         }
-        Ok(match self.status(id).await? {
-            Some(Status::Sending) => Claim::InProgress,
-            other => Claim::Nothing(other),
-        })
+        // Whatever was not claimable is explained by its status (a second statement,
+        // only for duplicates and stragglers).
+        let unclaimed: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !claimed.contains_key(id))
+            .copied()
+            .collect();
+        let mut statuses = HashMap::new();
+        if !unclaimed.is_empty() {
+            let rows = sqlx::query("SELECT id, status FROM messages WHERE id = ANY($1)")
+                .bind(&unclaimed)
+                .fetch_all(&self.pool)
+                .await?;
+            for r in rows {
+                let status: String = r.try_get("status")?;
+                let status: Status = status
+                    .parse()
+                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+                statuses.insert(r.try_get::<Uuid, _>("id")?, status);
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| match claimed.remove(id) {
+                Some(c) => Claim::Claimed(c),
+                // A second request for the same id in one batch: the first one has it.
+                None if !unclaimed.contains(id) => Claim::InProgress,
+                None => match statuses.get(id) {
+                    Some(Status::Sending) => Claim::InProgress,
+                    other => Claim::Nothing(other.copied()),
+                },
+            })
+            .collect())
     }
 
     /// The status of a message, whatever it is (used to explain a skipped delivery).
@@ -354,6 +398,9 @@ impl Store {
                 SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
                                      $6::jsonb[], $7::timestamptz[], $8::text[], $9::bool[], $10::text[])
                     AS t(id, attempt, status, reply, error, recipients, next_at, detail, attempted, event)),
+             -- rows locked in id order, as claims lock them: no deadlock between batches
+             locked AS MATERIALIZED (
+                SELECT id FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE),
              upd AS (
                 UPDATE messages m
                    SET status = t.status, last_reply = COALESCE(t.reply, m.last_reply),
@@ -362,7 +409,7 @@ impl Store {
                        updated_at = now(),
                        attempts = m.attempts - CASE WHEN t.attempted THEN 0 ELSE 1 END,
                        sent_at = CASE WHEN t.status = 'sent' THEN now() ELSE m.sent_at END
-                  FROM t
+                  FROM t JOIN locked ON locked.id = t.id
                  WHERE m.id = t.id AND m.status = 'sending'
              RETURNING m.id)
              INSERT INTO message_events (message_id, kind, attempt, reply, detail, recipients)

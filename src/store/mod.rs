@@ -71,8 +71,9 @@ impl Store {
     }
 }
 
-/// True for errors that mean "the database is unreachable or overloaded" rather than a
-/// bug: the API answers those with 503 and `Retry-After`.
+/// True for errors that mean "the database is unreachable, overloaded or hit a
+/// transient conflict" rather than a bug: worth retrying, and the API answers those
+/// with 503 and `Retry-After`.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
@@ -82,10 +83,14 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
-            // Class 08 (connection exception), 53 (insufficient resources),
-            // 57P (operator intervention: shutdown, crash recovery).
-            db.code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"))
+            // Class 08 (connection exception), 40 (transaction rollback: deadlock,
+            // serialization failure), 53 (insufficient resources), 57P (operator
+            // intervention: shutdown, crash recovery).
+            db.code().is_some_and(|c| {
+                ["08", "40", "53", "57P"]
+                    .iter()
+                    .any(|class| c.starts_with(class))
+            })
         }
         _ => false,
     }

@@ -3,7 +3,6 @@
 //! delay queues.
 
 mod decide;
-mod recorder;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::batcher::Batcher;
 use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::queue::{Job, Publisher, Topology};
@@ -46,8 +46,17 @@ pub struct Worker {
     policy: RetryPolicy,
     /// Messages this process is attempting right now.
     in_flight: Mutex<HashSet<Uuid>>,
-    recorder: recorder::Recorder,
+    /// Claims of concurrent deliveries, written together.
+    claims: Batcher<Uuid, DbResult<Claim>>,
+    /// Outcomes of concurrent deliveries, written together.
+    outcomes: Batcher<(Uuid, i32, Outcome), DbResult<()>>,
 }
+
+/// A database result shared by every caller of one batched statement.
+type DbResult<T> = Result<T, Arc<sqlx::Error>>;
+
+/// The most claims or outcomes written in one statement.
+const MAX_BATCH: usize = 256;
 
 impl Worker {
     pub fn new(
@@ -59,9 +68,39 @@ impl Worker {
         retry: RetrySettings,
     ) -> Worker {
         let topology = Topology::new(&amqp, &retry);
-        let recorder = recorder::Recorder::start(store.clone());
+        let id = Uuid::now_v7();
+        let claims = {
+            let store = store.clone();
+            let presumed_dead_after = settings.presumed_dead_after;
+            Batcher::start(MAX_BATCH, 1, move |ids: Vec<Uuid>| {
+                let store = store.clone();
+                async move {
+                    match store.claim(&ids, id, presumed_dead_after).await {
+                        Ok(claims) => claims.into_iter().map(Ok).collect(),
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            ids.iter().map(|_| Err(Arc::clone(&e))).collect()
+                        }
+                    }
+                }
+            })
+        };
+        let outcomes = {
+            let store = store.clone();
+            Batcher::start(MAX_BATCH, 1, move |batch: Vec<(Uuid, i32, Outcome)>| {
+                let store = store.clone();
+                async move {
+                    let items: Vec<(Uuid, i32, &Outcome)> = batch
+                        .iter()
+                        .map(|(id, attempt, o)| (*id, *attempt, o))
+                        .collect();
+                    let result = store.record_outcomes(&items).await.map_err(Arc::new);
+                    vec![result; batch.len()]
+                }
+            })
+        };
         Worker {
-            id: Uuid::now_v7(),
+            id,
             host: hostname(),
             publisher: Publisher::new(amqp.clone(), topology.clone(), "postwire-worker"),
             store,
@@ -72,7 +111,8 @@ impl Worker {
             settings,
             policy: RetryPolicy::new(retry),
             in_flight: Mutex::new(HashSet::new()),
-            recorder,
+            claims,
+            outcomes,
         }
     }
 
@@ -266,12 +306,13 @@ impl Worker {
     }
 
     async fn attempt(&self, id: Uuid) -> anyhow::Result<Next> {
-        let claimed = match self
-            .store
-            .claim(id, self.id, self.settings.presumed_dead_after)
+        let claim = self
+            .claims
+            .call(id)
             .await
-            .context("claiming the message")?
-        {
+            .unwrap_or(Err(Arc::new(sqlx::Error::PoolClosed)))
+            .map_err(|e| anyhow::anyhow!("claiming the message: {e}"))?;
+        let claimed = match claim {
             Claim::Claimed(c) => c,
             Claim::InProgress => {
                 // Another live worker has it, or a crashed one that is not yet
@@ -340,10 +381,17 @@ impl Worker {
     /// duplicate later, so a database blip is worth waiting out.
     async fn record(&self, id: Uuid, attempt: i32, outcome: &Outcome) -> anyhow::Result<()> {
         let mut wait = Duration::from_millis(100);
-        for _ in 0..6 {
-            match self.recorder.record(id, attempt, outcome.clone()).await {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self
+                .outcomes
+                .call((id, attempt, outcome.clone()))
+                .await
+                .unwrap_or(Err(Arc::new(sqlx::Error::PoolClosed)));
+            match result {
                 Ok(()) => return Ok(()),
-                Err(e) if crate::store::is_unavailable(&e) => {
+                Err(e) if tries < 7 && crate::store::is_unavailable(&e) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed");
                     tokio::time::sleep(wait).await;
                     wait *= 2;
@@ -351,10 +399,6 @@ impl Worker {
                 Err(e) => return Err(anyhow::anyhow!("recording the outcome: {e}")),
             }
         }
-        self.recorder
-            .record(id, attempt, outcome.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("recording the outcome: {e}"))
     }
 }
 

@@ -1,0 +1,137 @@
+//! Group commit for hot database writes: requests from concurrent tasks that arrive
+//! while a batch is being written go out together in the next one (one statement, one
+//! commit), so PostgreSQL does one round of work for many messages. Nothing waits to
+//! fill a batch: a lone request is written at once, so latency is never traded away
+//! for throughput when the service is idle.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Hands requests of type `T` to a background writer that answers each with an `R`.
+pub struct Batcher<T, R> {
+    tx: mpsc::Sender<(T, Option<oneshot::Sender<R>>)>,
+}
+
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Starts the writer. `write` gets up to `max_batch` requests and must answer with
+    /// one result per request, in order. Up to `parallel` batches are written at
+    /// once; requests arriving while all of them are busy form the next batch.
+    pub fn start<F, Fut>(max_batch: usize, parallel: usize, write: F) -> Batcher<T, R>
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<(T, Option<oneshot::Sender<R>>)>(4096);
+        let writers = Arc::new(Semaphore::new(parallel.max(1)));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(permit) = writers.clone().acquire_owned().await else {
+                    return;
+                };
+                // Whatever queued up while we waited for a writer joins this batch.
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+                let written = write(items);
+                tokio::spawn(async move {
+                    let results = written.await;
+                    debug_assert_eq!(results.len(), replies.len());
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Batcher { tx }
+    }
+
+    /// Submits one request and waits for its result; `None` if the writer has
+    /// stopped (the runtime is shutting down).
+    pub async fn call(&self, item: T) -> Option<R> {
+        let (reply, done) = oneshot::channel();
+        self.tx.send((item, Some(reply))).await.ok()?;
+        done.await.ok()
+    }
+
+    /// Submits one request without waiting for its result; false if the writer has
+    /// stopped.
+    pub async fn submit(&self, item: T) -> bool {
+        self.tx.send((item, None)).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_caller_gets_its_own_result_and_waiting_calls_share_a_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let batcher = Batcher::start(100, 1, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async move {
+                // Slow enough that the other callers queue up behind the first batch.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                items.into_iter().map(|i| i * 10).collect()
+            }
+        });
+        let calls: Vec<_> = (0..20u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.call(i).await) })
+            })
+            .collect();
+        for call in calls {
+            let (i, result) = call.await.unwrap();
+            assert_eq!(result, Some(i * 10));
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(
+            sizes.len() < 20,
+            "some calls were written together: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_exceeds_its_maximum() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let batcher = Batcher::start(3, 2, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                vec![(); items.len()]
+            }
+        });
+        for i in 0..10 {
+            assert!(batcher.submit(i).await);
+        }
+        assert_eq!(batcher.call(10).await, Some(()));
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 11);
+        assert!(sizes.iter().all(|s| *s <= 3), "{sizes:?}");
+    }
+}
