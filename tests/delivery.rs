@@ -480,3 +480,39 @@ async fn a_repeated_batch_with_the_same_idempotency_key_is_not_queued_twice() {
     assert_eq!(first, again);
     assert_eq!(app.stored_messages().await, 3);
 }
+
+#[tokio::test]
+async fn concurrent_single_sends_committed_together_each_keep_their_own_message() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    // Enough at once that the API writes several requests per commit.
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                let mut body = simple_message();
+                body["Subject"] = json!(format!("concurrent {i}"));
+                (i, app.send_ok(&body).await)
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for send in sends {
+        let (i, id) = send.await.unwrap();
+        let status = app.wait_until_terminal(&id).await;
+        assert_eq!(status["status"], "sent");
+        assert_eq!(status["subject"], format!("concurrent {i}"), "{status}");
+        assert!(ids.insert(id), "each request gets its own id");
+    }
+    let mails = app
+        .smtp
+        .wait_for_messages(40, Duration::from_secs(20))
+        .await;
+    let mut subjects: Vec<String> = mails
+        .iter()
+        .map(|m| parse_mail(m).subject().unwrap().to_owned())
+        .collect();
+    subjects.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("concurrent {i}")).collect();
+    expected.sort();
+    assert_eq!(subjects, expected, "each message delivered once");
+}

@@ -1,5 +1,7 @@
 //! The API's one error type, rendered as RFC 7807 `application/problem+json`.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -68,7 +70,8 @@ impl ApiError {
     }
 
     /// Maps a database error: unreachable → 503 (so clients retry), anything else → 500.
-    pub fn database(err: sqlx::Error) -> ApiError {
+    pub fn database(err: impl Into<Arc<sqlx::Error>>) -> ApiError {
+        let err = err.into();
         if crate::store::is_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
             ApiError::Unavailable("the database is unavailable".to_owned())

@@ -38,6 +38,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Records confirmed publishes in batches.
     pub published: crate::outbox::PublishedMarks,
+    /// Group-commits the sends that carry no idempotency key.
+    pub(crate) commits: send::Commits,
     pub connections: Arc<Directory>,
     pub keys: Arc<auth::KeyCache>,
     pub settings: Arc<Settings>,
@@ -52,6 +54,7 @@ impl AppState {
     ) -> AppState {
         AppState {
             published: crate::outbox::PublishedMarks::start(store.clone()),
+            commits: send::commits(store.clone()),
             keys: Arc::new(auth::KeyCache::new(settings.security.api_key_cache)),
             store,
             publisher,

@@ -2,6 +2,8 @@
 //! the batch (`POST /v1/messages/batch`). Validate, render, commit to PostgreSQL in one
 //! transaction, publish to RabbitMQ with confirms, answer 202.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,10 +15,11 @@ use uuid::Uuid;
 
 use super::email_message::{EmailMessage, EmailMessageXml};
 use super::{ApiError, AppState, Payload, RequestBody};
+use crate::batcher::Batcher;
 use crate::domain::{FieldError, Mailbox, NewMessage, Status};
 use crate::keys::Principal;
 use crate::mime::Rendered;
-use crate::store::{Accept, IdempotencyRecord, NewMessageRow};
+use crate::store::{Accept, IdempotencyRecord, NewMessageRow, Store};
 
 /// `POST /SendEmail` and `POST /v1/messages`. The 202 means committed: if the publish
 /// fails, the outbox relay publishes the message later.
@@ -205,12 +208,59 @@ pub async fn send_batch(
 }
 
 /// A validated, rendered message ready to commit.
-struct Prepared {
+pub(crate) struct Prepared {
     id: Uuid,
     connection: String,
-    from: Mailbox,
+    /// The From header as stored for the status lookup.
+    from_addr: String,
     message: NewMessage,
     rendered: Rendered,
+}
+
+/// The rows to insert for prepared messages.
+fn rows<'a>(prepared: impl IntoIterator<Item = &'a Prepared>) -> Vec<NewMessageRow<'a>> {
+    prepared
+        .into_iter()
+        .map(|p| NewMessageRow {
+            id: p.id,
+            connection: &p.connection,
+            from_addr: &p.from_addr,
+            recipients: &p.message.recipients,
+            envelope_from: &p.rendered.envelope_from,
+            envelope_to: &p.rendered.envelope_to,
+            subject: p.message.subject.as_str(),
+            message_id: &p.rendered.message_id,
+            raw: &p.rendered.raw,
+            metadata: &p.message.metadata,
+        })
+        .collect()
+}
+
+/// Commits of concurrent sends without an idempotency key, written together: the
+/// messages of every request waiting when a writer is free go into one INSERT and one
+/// commit. A failure fails every request of that batch alike (none of them is
+/// committed), which is what a per-request commit would have done under the same
+/// fault.
+pub(crate) type Commits = Batcher<Arc<Vec<Prepared>>, Result<(), Arc<sqlx::Error>>>;
+
+/// Requests written together at most, and batches written at once.
+const COMMIT_BATCH: usize = 128;
+const COMMIT_WRITERS: usize = 4;
+
+/// Starts the group-commit writer of the send endpoints.
+pub(crate) fn commits(store: Store) -> Commits {
+    Batcher::start(
+        COMMIT_BATCH,
+        COMMIT_WRITERS,
+        move |requests: Vec<Arc<Vec<Prepared>>>| {
+            let store = store.clone();
+            async move {
+                let rows = rows(requests.iter().flat_map(|r| r.iter()));
+                let result = store.accept(&rows, None).await.map(drop).map_err(Arc::new);
+                vec![result; requests.len()]
+            }
+        },
+    )
 }
 
 /// Validates and renders one message.
@@ -237,11 +287,12 @@ async fn prepare(
         }
     };
     let id = Uuid::now_v7();
-    let (message, rendered) = render(state, id, message, from.clone()).await?;
+    let from_addr = from.to_display();
+    let (message, rendered) = render(state, id, message, from).await?;
     Ok(Prepared {
         id,
         connection: connection.name,
-        from,
+        from_addr,
         message,
         rendered,
     })
@@ -263,37 +314,32 @@ async fn accept(
     // A key belongs to the API key that used it: another caller's key is not a replay.
     let scope = principal.key_id.to_string();
     let accepted = tokio::spawn(async move {
-        let from_addrs: Vec<String> = prepared.iter().map(|p| p.from.to_display()).collect();
-        let rows: Vec<NewMessageRow<'_>> = prepared
-            .iter()
-            .zip(&from_addrs)
-            .map(|(p, from_addr)| NewMessageRow {
-                id: p.id,
-                connection: &p.connection,
-                from_addr,
-                recipients: &p.message.recipients,
-                envelope_from: &p.rendered.envelope_from,
-                envelope_to: &p.rendered.envelope_to,
-                subject: p.message.subject.as_str(),
-                message_id: &p.rendered.message_id,
-                raw: &p.rendered.raw,
-                metadata: &p.message.metadata,
-            })
-            .collect();
-        let record = key.as_deref().map(|key| IdempotencyRecord {
-            scope: &scope,
-            key,
-            request_hash: &digest,
-            response: &committed,
-            ttl: task_state.settings.idempotency.ttl,
-        });
-        let accepted = task_state
-            .store
-            .accept(&rows, record.as_ref())
-            .await
-            .map_err(ApiError::database)?;
+        let prepared = Arc::new(prepared);
+        let accepted = match key.as_deref() {
+            None => task_state
+                .commits
+                .call(Arc::clone(&prepared))
+                .await
+                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+                .map(|()| Accept::Committed)
+                .map_err(ApiError::database)?,
+            Some(key) => {
+                let record = IdempotencyRecord {
+                    scope: &scope,
+                    key,
+                    request_hash: &digest,
+                    response: &committed,
+                    ttl: task_state.settings.idempotency.ttl,
+                };
+                task_state
+                    .store
+                    .accept(&rows(prepared.iter()), Some(&record))
+                    .await
+                    .map_err(ApiError::database)?
+            }
+        };
         if let Accept::Committed = accepted {
-            for p in &prepared {
+            for p in prepared.iter() {
                 tracing::info!(message_id = %p.id, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
                 crate::metrics::message(&p.connection, "accepted");
             }
