@@ -78,6 +78,32 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
+/// The result of one request of a batched database write: an error is shared by
+/// every request of the batch.
+pub type DbResult<T> = Result<T, Arc<sqlx::Error>>;
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, DbResult<R>> {
+    /// [`Batcher::call`] for database writes: a writer that has stopped reads as a
+    /// closed pool.
+    pub async fn write(&self, item: T) -> DbResult<R> {
+        self.call(item)
+            .await
+            .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
+    }
+}
+
+/// Spreads the result of one statement over the `n` requests it served: each its
+/// own answer, or all the same error.
+pub fn each<R>(result: Result<Vec<R>, sqlx::Error>, n: usize) -> Vec<DbResult<R>> {
+    match result {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let e = Arc::new(e);
+            (0..n).map(|_| Err(Arc::clone(&e))).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

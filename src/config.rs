@@ -239,6 +239,10 @@ pub struct SmtpSettings {
     pub idle_timeout: Duration,
     /// Domain used in generated Message-IDs when the sender's domain cannot be used.
     pub message_id_domain: String,
+    /// PEM files of certificate authorities trusted for SMTP TLS besides the
+    /// system's, for relays with a private CA. Host names are checked all the same.
+    #[serde(default)]
+    pub extra_root_certificates: Vec<std::path::PathBuf>,
     /// The connection used when a send names none.
     pub default: Option<ConnectionSettings>,
 }
@@ -394,6 +398,8 @@ impl Settings {
             self.worker.presumed_dead_after > self.worker.heartbeat_interval * 2,
             "worker.presumed_dead_after must be more than twice worker.heartbeat_interval"
         );
+        crate::smtp::tls::extra_roots(&self.smtp.extra_root_certificates)
+            .map_err(anyhow::Error::msg)?;
         if let Some(conn) = &self.smtp.default {
             anyhow::ensure!(!conn.host.is_empty(), "smtp.default.host must not be empty");
             anyhow::ensure!(

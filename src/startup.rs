@@ -81,16 +81,18 @@ impl Application {
             None
         };
 
-        let worker = role.runs_worker().then(|| {
-            Arc::new(Worker::new(
+        let worker = if role.runs_worker() {
+            Some(Arc::new(Worker::new(
                 store.clone(),
                 connections.clone(),
-                Mailer::new(settings.smtp.clone(), settings.retry.auth_pause),
+                Mailer::new(settings.smtp.clone(), settings.retry.auth_pause)?,
                 settings.amqp.clone(),
                 settings.worker.clone(),
                 settings.retry.clone(),
-            ))
-        });
+            )))
+        } else {
+            None
+        };
         Ok(Application {
             api,
             worker,

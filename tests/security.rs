@@ -466,3 +466,180 @@ async fn a_connections_rate_limit_spaces_its_messages() {
     // the first message's extra connect and AUTH, which delay only its start.
     assert!(spread >= Duration::from_millis(700), "spread {spread:?}");
 }
+
+/// A private certificate authority and a server certificate it signed for
+/// `localhost` only, made with the openssl command line.
+struct PrivateCa {
+    dir: std::path::PathBuf,
+}
+
+impl PrivateCa {
+    fn new() -> PrivateCa {
+        let dir = std::env::temp_dir().join(format!("pw-ca-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postwire test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        PrivateCa { dir }
+    }
+
+    fn ca_pem(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn server_identity(&self) -> native_tls::Identity {
+        let cert = std::fs::read(self.dir.join("server.pem")).unwrap();
+        let key = std::fs::read(self.dir.join("server.key")).unwrap();
+        native_tls::Identity::from_pkcs8(&cert, &key).unwrap()
+    }
+}
+
+impl Drop for PrivateCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn implicit_tls_checks_the_host_name_against_the_certificate() {
+    let ca = PrivateCa::new();
+    let server =
+        helpers::TestSmtpServer::start_tls(Script::accept_all(), ca.server_identity()).await;
+    let ca_pem = ca.ca_pem();
+    let app = spawn_app_with(Script::accept_all(), move |s| {
+        s.smtp.extra_root_certificates = vec![ca_pem];
+    })
+    .await;
+    // The certificate names localhost, trusted through the private CA; the
+    // connection names the server by its address, which the certificate does not list.
+    let mut body = connection_body(server.port(), "pw");
+    body["security"] = json!("tls");
+    body["host"] = json!("127.0.0.1");
+    assert_eq!(
+        app.post("/v1/connections", &body).await.status().as_u16(),
+        201
+    );
+    let report: Value = app
+        .post("/v1/connections/relay-1/verify", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["steps"][0]["step"], "connect");
+    let detail = report["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    // OpenSSL's wording for a name the certificate does not list ("IP address
+    // mismatch" here, "Hostname mismatch" for a DNS name).
+    assert!(detail.contains("certificate verify failed"), "{detail}");
+    assert!(detail.contains("mismatch"), "{detail}");
+    let mut send = simple_message();
+    send["connection"] = json!("relay-1");
+    let refused = app.send_ok(&send).await;
+    let status = app
+        .wait_for(&refused, "deferred", |m| m["status"] == "deferred")
+        .await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("mismatch"),
+        "{status}"
+    );
+
+    // The same server under the name its certificate carries: verified and used.
+    let patched = app
+        .client
+        .patch(format!("{}/v1/connections/relay-1", app.address))
+        .json(&json!({ "host": "localhost" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status().as_u16(), 200);
+    let report: Value = app
+        .post("/v1/connections/relay-1/verify", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("over TLS"));
+    send["Subject"] = json!("over verified TLS");
+    let id = app.send_ok(&send).await;
+    assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+    let mails = server.wait_for_messages(1, Duration::from_secs(10)).await;
+    let subjects: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            helpers::parse_mail(m)
+                .subject()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        subjects.contains(&"over verified TLS".to_owned()),
+        "{subjects:?}"
+    );
+}

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::email_message::{EmailMessage, EmailMessageXml};
 use super::{ApiError, AppState, Payload, RequestBody};
-use crate::batcher::Batcher;
+use crate::batcher::{self, Batcher, DbResult};
 use crate::domain::{FieldError, Mailbox, NewMessage, Status};
 use crate::keys::Principal;
 use crate::mime::Rendered;
@@ -236,12 +236,13 @@ fn rows<'a>(prepared: impl IntoIterator<Item = &'a Prepared>) -> Vec<NewMessageR
         .collect()
 }
 
-/// Commits of concurrent sends without an idempotency key, written together: the
-/// messages of every request waiting when a writer is free go into one INSERT and one
-/// commit. A failure fails every request of that batch alike (none of them is
-/// committed), which is what a per-request commit would have done under the same
-/// fault.
-pub(crate) type Commits = Batcher<Arc<Vec<Prepared>>, Result<(), Arc<sqlx::Error>>>;
+/// Commits of concurrent single sends without an idempotency key, written together:
+/// the messages of every request waiting when a writer is free go into one INSERT and
+/// one commit. Batch requests commit on their own: they are batched already, and
+/// joining several would make statements (and connection buffers) of many megabytes.
+/// A failure fails every request of that batch alike (none of them is committed),
+/// which is what a per-request commit would have done under the same fault.
+pub(crate) type Commits = Batcher<Arc<Vec<Prepared>>, DbResult<()>>;
 
 /// Requests written together at most, and batches written at once.
 const COMMIT_BATCH: usize = 128;
@@ -256,8 +257,8 @@ pub(crate) fn commits(store: Store) -> Commits {
             let store = store.clone();
             async move {
                 let rows = rows(requests.iter().flat_map(|r| r.iter()));
-                let result = store.accept(&rows, None).await.map(drop).map_err(Arc::new);
-                vec![result; requests.len()]
+                let result = store.accept(&rows, None).await;
+                batcher::each(result.map(|_| vec![(); requests.len()]), requests.len())
             }
         },
     )
@@ -315,28 +316,28 @@ async fn accept(
     let scope = principal.key_id.to_string();
     let accepted = tokio::spawn(async move {
         let prepared = Arc::new(prepared);
-        let accepted = match key.as_deref() {
-            None => task_state
+        // A lone message shares its commit with the concurrent sends; a batch is one
+        // commit already, and one keyed send must commit with its key.
+        let accepted = if key.is_none() && prepared.len() == 1 {
+            task_state
                 .commits
-                .call(Arc::clone(&prepared))
+                .write(Arc::clone(&prepared))
                 .await
-                .unwrap_or_else(|| Err(Arc::new(sqlx::Error::PoolClosed)))
                 .map(|()| Accept::Committed)
-                .map_err(ApiError::database)?,
-            Some(key) => {
-                let record = IdempotencyRecord {
-                    scope: &scope,
-                    key,
-                    request_hash: &digest,
-                    response: &committed,
-                    ttl: task_state.settings.idempotency.ttl,
-                };
-                task_state
-                    .store
-                    .accept(&rows(prepared.iter()), Some(&record))
-                    .await
-                    .map_err(ApiError::database)?
-            }
+                .map_err(ApiError::database)?
+        } else {
+            let record = key.as_deref().map(|key| IdempotencyRecord {
+                scope: &scope,
+                key,
+                request_hash: &digest,
+                response: &committed,
+                ttl: task_state.settings.idempotency.ttl,
+            });
+            task_state
+                .store
+                .accept(&rows(prepared.iter()), record.as_ref())
+                .await
+                .map_err(ApiError::database)?
         };
         if let Accept::Committed = accepted {
             for p in prepared.iter() {

@@ -3,6 +3,7 @@
 
 mod pool;
 mod session;
+pub mod tls;
 mod verify;
 
 pub use pool::{Pool, Target, Timeouts};
@@ -48,6 +49,8 @@ pub enum Delivery {
 /// connection changes. A worker process holds one.
 pub struct Mailer {
     settings: SmtpSettings,
+    /// The certificates of `smtp.extra_root_certificates`, read once.
+    extra_roots: Arc<[String]>,
     auth_pause: Duration,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     /// Connections whose credentials were refused: until when, why, and at which
@@ -57,13 +60,18 @@ pub struct Mailer {
 
 impl Mailer {
     /// `auth_pause` is how long a connection rests after its credentials are refused.
-    pub fn new(settings: SmtpSettings, auth_pause: Duration) -> Mailer {
-        Mailer {
+    /// Fails when `smtp.extra_root_certificates` cannot be read.
+    pub fn new(settings: SmtpSettings, auth_pause: Duration) -> anyhow::Result<Mailer> {
+        let extra_roots = tls::extra_roots(&settings.extra_root_certificates)
+            .map_err(anyhow::Error::msg)?
+            .into();
+        Ok(Mailer {
             settings,
+            extra_roots,
             auth_pause,
             pools: RwLock::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Sends `raw` through `connection`.
@@ -143,7 +151,11 @@ impl Mailer {
         }
         let fresh = || {
             Arc::new(Pool::new(
-                Target::from_connection(connection, self.settings.hello_name.as_deref()),
+                Target::from_connection(
+                    connection,
+                    self.settings.hello_name.as_deref(),
+                    Arc::clone(&self.extra_roots),
+                ),
                 Timeouts::from_settings(&self.settings),
                 connection,
             ))

@@ -4,17 +4,17 @@
 //! at the first refused recipient; this pool caps concurrent sessions with a semaphore
 //! and runs the transaction itself (see `session`) on lettre's `AsyncSmtpConnection`.
 
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::session::{self, Attempt};
+use super::tls;
 use super::verify::VerifyStep;
 use super::Delivery;
 use crate::config::SmtpSettings;
@@ -28,6 +28,8 @@ pub struct Target {
     pub security: Security,
     pub credentials: Option<Credentials>,
     pub hello_name: ClientId,
+    /// Certificate authorities trusted besides the system's (PEM).
+    pub extra_roots: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Target {
@@ -42,7 +44,11 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    pub fn from_connection(c: &SmtpConnection, hello_name: Option<&str>) -> Target {
+    pub fn from_connection(
+        c: &SmtpConnection,
+        hello_name: Option<&str>,
+        extra_roots: Arc<[String]>,
+    ) -> Target {
         Target {
             host: c.host.clone(),
             port: c.port,
@@ -54,6 +60,7 @@ impl Target {
             hello_name: hello_name
                 .map(|h| ClientId::Domain(h.to_owned()))
                 .unwrap_or_default(),
+            extra_roots,
         }
     }
 }
@@ -265,47 +272,40 @@ impl Pool {
         steps: &mut Vec<VerifyStep>,
     ) -> Result<AsyncSmtpConnection, Delivery> {
         let t = &self.target;
-        let tls =
-            || TlsParameters::new(t.host.clone()).map_err(|e| deferred(format!("TLS setup: {e}")));
-        let opened = match t.security {
-            Security::Tls => {
-                let connecting = AsyncSmtpConnection::connect_tokio1(
-                    (t.host.as_str(), t.port),
-                    Some(self.timeouts.connect),
-                    &t.hello_name,
-                    Some(tls()?),
-                    None::<IpAddr>,
-                );
-                tokio::time::timeout(self.timeouts.connect + self.timeouts.command, connecting)
-                    .await
-            }
-            // Our own socket, so that Nagle's algorithm is off: each SMTP command is a
-            // small write followed by a wait for the reply, and with Nagle on every
-            // transaction stalls on delayed ACKs (~40 ms).
-            Security::Starttls | Security::None => {
-                let tcp = match tokio::time::timeout(
-                    self.timeouts.connect,
-                    TcpStream::connect((t.host.as_str(), t.port)),
-                )
-                .await
-                {
-                    Ok(Ok(tcp)) => tcp,
-                    Ok(Err(e)) => {
-                        return Err(deferred(format!("connect to {}:{}: {e}", t.host, t.port)))
-                    }
-                    Err(_) => {
-                        return Err(deferred(format!(
-                            "connect to {}:{}: timed out",
-                            t.host, t.port
-                        )))
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let greeting =
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &t.hello_name);
-                tokio::time::timeout(self.timeouts.command, greeting).await
+        // Our own socket in every mode, so that Nagle's algorithm is off: each SMTP
+        // command is a small write followed by a wait for the reply, and with Nagle on
+        // every transaction stalls on delayed ACKs (~40 ms).
+        let tcp = match tokio::time::timeout(
+            self.timeouts.connect,
+            TcpStream::connect((t.host.as_str(), t.port)),
+        )
+        .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(deferred(format!("connect to {}:{}: {e}", t.host, t.port))),
+            Err(_) => {
+                return Err(deferred(format!(
+                    "connect to {}:{}: timed out",
+                    t.host, t.port
+                )))
             }
         };
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn AsyncTokioStream> = match t.security {
+            Security::Tls => {
+                let handshake = tls::connect_implicit(tcp, &t.host, &t.extra_roots);
+                match tokio::time::timeout(self.timeouts.connect, handshake).await {
+                    Ok(Ok(socket)) => Box::new(socket),
+                    Ok(Err(e)) => return Err(deferred(e)),
+                    Err(_) => {
+                        return Err(deferred("timed out during the TLS handshake".to_owned()))
+                    }
+                }
+            }
+            Security::Starttls | Security::None => Box::new(tcp),
+        };
+        let greeting = AsyncSmtpConnection::connect_with_transport(stream, &t.hello_name);
+        let opened = tokio::time::timeout(self.timeouts.command, greeting).await;
         let mut conn = match opened {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(session::classify_error("connect", &e)),
@@ -338,7 +338,8 @@ impl Pool {
                         .to_owned(),
                 ));
             }
-            let upgrade = conn.starttls(tls()?, &t.hello_name);
+            let parameters = tls::parameters(&t.host, &t.extra_roots).map_err(deferred)?;
+            let upgrade = conn.starttls(parameters, &t.hello_name);
             match tokio::time::timeout(self.timeouts.command * 2, upgrade).await {
                 Ok(Ok(())) => steps.push(VerifyStep {
                     step: "starttls".to_owned(),

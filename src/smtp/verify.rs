@@ -24,8 +24,25 @@ pub struct VerifyStep {
 
 /// Opens a session like a delivery would, then says QUIT.
 pub async fn verify(connection: &SmtpConnection, settings: &SmtpSettings) -> VerifyReport {
+    let extra_roots = match super::tls::extra_roots(&settings.extra_root_certificates) {
+        Ok(roots) => roots,
+        Err(detail) => {
+            return VerifyReport {
+                ok: false,
+                steps: vec![VerifyStep {
+                    step: "connect".to_owned(),
+                    ok: false,
+                    detail,
+                }],
+            }
+        }
+    };
     let pool = Pool::new(
-        Target::from_connection(connection, settings.hello_name.as_deref()),
+        Target::from_connection(
+            connection,
+            settings.hello_name.as_deref(),
+            extra_roots.into(),
+        ),
         Timeouts::from_settings(settings),
         connection,
     );

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::Store;
+use super::{status_of, Store};
 use crate::domain::Status;
 
 /// Filters of `GET /v1/messages`.
@@ -54,12 +54,9 @@ impl Store {
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
-                let status: String = r.try_get("status")?;
                 Ok(MessageSummary {
                     id: r.try_get("id")?,
-                    status: status
-                        .parse()
-                        .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                    status: status_of(r)?,
                     connection: r.try_get("connection")?,
                     from_addr: r.try_get("from_addr")?,
                     subject: r.try_get("subject")?,

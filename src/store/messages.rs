@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::Store;
+use super::{status_of, Store};
 use crate::domain::{RecipientResult, Recipients, SmtpReply, Status};
 
 /// A message being accepted.
@@ -333,11 +333,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
             for r in rows {
-                let status: String = r.try_get("status")?;
-                let status: Status = status
-                    .parse()
-                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
-                statuses.insert(r.try_get::<Uuid, _>("id")?, status);
+                statuses.insert(r.try_get::<Uuid, _>("id")?, status_of(&r)?);
             }
         }
         Ok(ids
@@ -354,15 +350,13 @@ impl Store {
             .collect())
     }
 
-    /// The status of a message, whatever it is (used to explain a skipped delivery).
+    /// The status of a message, whatever it is (used to explain a refused cancel).
     pub async fn status(&self, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        status
-            .map(|s| s.parse().map_err(|e: String| sqlx::Error::Decode(e.into())))
+        sqlx::query("SELECT status FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| status_of(&r))
             .transpose()
     }
 
@@ -518,12 +512,9 @@ impl Store {
 }
 
 fn message_from_row(r: &sqlx::postgres::PgRow) -> Result<MessageRecord, sqlx::Error> {
-    let status: String = r.try_get("status")?;
     Ok(MessageRecord {
         id: r.try_get("id")?,
-        status: status
-            .parse()
-            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        status: status_of(r)?,
         connection: r.try_get("connection")?,
         from_addr: r.try_get("from_addr")?,
         recipients: r.try_get::<Json<Recipients>, _>("recipients")?.0,

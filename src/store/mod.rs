@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 
 use crate::config::DatabaseSettings;
+use crate::domain::Status;
 
 /// The embedded migrations of `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -69,6 +70,14 @@ impl Store {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// Reads a row's `status` column as a [`Status`].
+fn status_of(row: &sqlx::postgres::PgRow) -> Result<Status, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    status
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 /// True for errors that mean "the database is unreachable, overloaded or hit a

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::batcher::Batcher;
+use crate::batcher::{self, Batcher, DbResult};
 use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::queue::{Job, Publisher, Topology};
@@ -52,9 +52,6 @@ pub struct Worker {
     outcomes: Batcher<(Uuid, i32, Outcome), DbResult<()>>,
 }
 
-/// A database result shared by every caller of one batched statement.
-type DbResult<T> = Result<T, Arc<sqlx::Error>>;
-
 /// The most claims or outcomes written in one statement.
 const MAX_BATCH: usize = 256;
 
@@ -75,13 +72,8 @@ impl Worker {
             Batcher::start(MAX_BATCH, 1, move |ids: Vec<Uuid>| {
                 let store = store.clone();
                 async move {
-                    match store.claim(&ids, id, presumed_dead_after).await {
-                        Ok(claims) => claims.into_iter().map(Ok).collect(),
-                        Err(e) => {
-                            let e = Arc::new(e);
-                            ids.iter().map(|_| Err(Arc::clone(&e))).collect()
-                        }
-                    }
+                    let claims = store.claim(&ids, id, presumed_dead_after).await;
+                    batcher::each(claims, ids.len())
                 }
             })
         };
@@ -94,8 +86,8 @@ impl Worker {
                         .iter()
                         .map(|(id, attempt, o)| (*id, *attempt, o))
                         .collect();
-                    let result = store.record_outcomes(&items).await.map_err(Arc::new);
-                    vec![result; batch.len()]
+                    let result = store.record_outcomes(&items).await;
+                    batcher::each(result.map(|()| vec![(); items.len()]), items.len())
                 }
             })
         };
@@ -308,9 +300,8 @@ impl Worker {
     async fn attempt(&self, id: Uuid) -> anyhow::Result<Next> {
         let claim = self
             .claims
-            .call(id)
+            .write(id)
             .await
-            .unwrap_or(Err(Arc::new(sqlx::Error::PoolClosed)))
             .map_err(|e| anyhow::anyhow!("claiming the message: {e}"))?;
         let claimed = match claim {
             Claim::Claimed(c) => c,
@@ -384,12 +375,7 @@ impl Worker {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = self
-                .outcomes
-                .call((id, attempt, outcome.clone()))
-                .await
-                .unwrap_or(Err(Arc::new(sqlx::Error::PoolClosed)));
-            match result {
+            match self.outcomes.write((id, attempt, outcome.clone())).await {
                 Ok(()) => return Ok(()),
                 Err(e) if tries < 7 && crate::store::is_unavailable(&e) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed");

@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -272,6 +274,25 @@ impl TestSmtpServer {
     ///
     /// If 127.0.0.1 cannot be bound, which no test could work around.
     pub async fn start_with(script: Script) -> TestSmtpServer {
+        TestSmtpServer::start_inner(script, None).await
+    }
+
+    /// Starts a server that speaks implicit TLS (SMTPS) with `identity`, its
+    /// answers coming from `script`. A client whose handshake fails is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If 127.0.0.1 cannot be bound or the identity is unusable.
+    pub async fn start_tls(script: Script, identity: native_tls::Identity) -> TestSmtpServer {
+        let acceptor = native_tls::TlsAcceptor::new(identity)
+            .expect("test SMTP server: unusable TLS identity");
+        TestSmtpServer::start_inner(script, Some(acceptor.into())).await
+    }
+
+    async fn start_inner(
+        script: Script,
+        tls: Option<tokio_native_tls::TlsAcceptor>,
+    ) -> TestSmtpServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("test SMTP server: cannot bind 127.0.0.1:0");
@@ -280,6 +301,7 @@ impl TestSmtpServer {
             .expect("test SMTP server: no local address");
         let shared = Arc::new(Shared {
             addr,
+            tls,
             script: Mutex::new(script),
             received: Mutex::new(Vec::new()),
             commands: Mutex::new(Vec::new()),
@@ -460,6 +482,8 @@ impl Drop for Handle {
 
 struct Shared {
     addr: SocketAddr,
+    /// Present for an implicit-TLS server.
+    tls: Option<tokio_native_tls::TlsAcceptor>,
     script: Mutex<Script>,
     received: Mutex<Vec<ReceivedMail>>,
     commands: Mutex<Vec<String>>,
@@ -508,9 +532,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// A session's byte stream: plain TCP or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
 async fn run_session(stream: TcpStream, index: usize, guard: OpenGuard) {
     let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    let stream: Box<dyn Stream> = match &guard.0.tls {
+        None => Box::new(stream),
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => Box::new(tls),
+            // The client refused our certificate (or spoke no TLS): nothing to serve.
+            Err(_) => return,
+        },
+    };
+    let (reader, writer) = tokio::io::split(stream);
     let mut session = Session {
         shared: Arc::clone(&guard.0),
         index,
@@ -571,8 +607,8 @@ enum Sasl {
 struct Session {
     shared: Arc<Shared>,
     index: usize,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
     /// False after a non-2xx greeting: the client may then only QUIT.
     in_service: bool,
     greeted: bool,
