@@ -18,8 +18,10 @@
 # to --out (default /tmp/postwire-bench/<timestamp>).
 #
 # Environment: POSTWIRE__* variables pass through to the postwire processes (e.g.
-# POSTWIRE__WORKER__CONCURRENCY, POSTWIRE__SMTP__DEFAULT__MAX_CONNECTIONS);
-# CARGO_TARGET_DIR is honoured; PF_ROOT (default /var/tmp/postwire-bench-postfix).
+# POSTWIRE__WORKER__CONCURRENCY, POSTWIRE__SMTP__DEFAULT__MAX_CONNECTIONS, or
+# POSTWIRE__SMTP__DEFAULT__{HOST,PORT,SECURITY} for another SMTP peer than the sink);
+# CARGO_TARGET_DIR is honoured; POSTWIRE_BIN runs that binary instead of building one
+# (to compare two builds); PF_ROOT (default /var/tmp/postwire-bench-postfix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,15 +116,20 @@ wait_http() { # url seconds
 }
 
 # ---------------------------------------------------------------- postwire
-log "building the release binary"
-cargo build --release --quiet
+if [ -n "${POSTWIRE_BIN:-}" ]; then
+  BIN=$POSTWIRE_BIN
+  log "using $BIN"
+else
+  log "building the release binary"
+  cargo build --release --quiet
+fi
 scripts/services.sh --smtp-sink 9>&- # daemons it starts must not hold the lock
 
 # What was measured, for BENCHMARKS.md.
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "args: --count $COUNT --workers $WORKERS --mode $MODE --concurrency $CONCURRENCY --batch-size $BATCH --size $SIZE"
-  echo "postwire: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git status --porcelain 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
+  echo "postwire: ${POSTWIRE_BIN:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")$(git status --porcelain 2>/dev/null | grep -q . && echo " + uncommitted changes")}"
   echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2}') MiB"
   echo "kernel: $(uname -r)"
@@ -150,8 +157,8 @@ export POSTWIRE__DATABASE__URL=$DB_URL
 export POSTWIRE__AMQP__QUEUE_PREFIX="bench-$(date +%s)-$$"
 export POSTWIRE__AMQP__QUEUE_EXPIRES=10m
 export POSTWIRE__SERVER__PORT=$PORT
-export POSTWIRE__SMTP__DEFAULT__HOST=127.0.0.1
-export POSTWIRE__SMTP__DEFAULT__PORT=2525
+export POSTWIRE__SMTP__DEFAULT__HOST=${POSTWIRE__SMTP__DEFAULT__HOST:-127.0.0.1}
+export POSTWIRE__SMTP__DEFAULT__PORT=${POSTWIRE__SMTP__DEFAULT__PORT:-2525}
 export POSTWIRE__LOG__LEVEL=${POSTWIRE__LOG__LEVEL:-warn}
 unset RUST_LOG
 
