@@ -3,7 +3,7 @@
 mod helpers;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use helpers::{postwire_id, spawn_role_with, Script, TestApp};
@@ -13,34 +13,8 @@ use serde_json::json;
 /// A `postwire serve --role worker` process sharing the test app's database, queues
 /// and SMTP server.
 fn start_worker(app: &TestApp) -> Child {
-    let s = &app.settings;
-    let smtp = s.smtp.default.as_ref().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_postwire"))
-        .args(["serve", "--role", "worker"])
-        .env(
-            "POSTWIRE_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .env("POSTWIRE__DATABASE__URL", &s.database.url)
-        .env("POSTWIRE__DATABASE__MIGRATE_ON_START", "false")
-        .env("POSTWIRE__DATABASE__MAX_CONNECTIONS", "4")
-        .env("POSTWIRE__AMQP__URL", &s.amqp.url)
-        .env("POSTWIRE__AMQP__QUEUE_PREFIX", &s.amqp.queue_prefix)
-        .env("POSTWIRE__AMQP__QUEUE_EXPIRES", "10m")
+    app.process("worker")
         .env("POSTWIRE__WORKER__CONCURRENCY", "8")
-        .env("POSTWIRE__WORKER__HEARTBEAT_INTERVAL", "200ms")
-        .env("POSTWIRE__WORKER__PRESUMED_DEAD_AFTER", "1s")
-        .env("POSTWIRE__SMTP__DEFAULT__HOST", &smtp.host)
-        .env("POSTWIRE__SMTP__DEFAULT__PORT", smtp.port.to_string())
-        .env("POSTWIRE__SMTP__DEFAULT__SECURITY", "none")
-        .env(
-            "POSTWIRE__SMTP__DEFAULT__DEFAULT_FROM",
-            smtp.default_from.as_deref().unwrap(),
-        )
-        .env("POSTWIRE__LOG__LEVEL", "warn")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start a worker process")
 }

@@ -213,3 +213,79 @@ async fn readiness_names_the_dependency_that_is_down() {
     assert_eq!(body["checks"]["rabbitmq"], "unreachable");
     assert_eq!(body["checks"]["postgres"], "ok");
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_api_finish_the_request_in_flight_then_exit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    // The in-process app delivers and answers lookups; the API under test is a
+    // process of its own on the same database and queues, so it gets a real SIGTERM.
+    let app = spawn_app().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut api = app
+        .process("api")
+        .env("POSTWIRE__SERVER__PORT", port.to_string())
+        .spawn()
+        .expect("start an API process");
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = helpers::create_key(&app.db, &[postwire::keys::Scope::Send], None).await;
+
+    // A request whose body is still arriving when the signal comes.
+    let body = serde_json::to_vec(&simple_message()).unwrap();
+    let mut request = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    request.write_all(head.as_bytes()).await.unwrap();
+    request.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &api.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Draining: no new connections, but the request in flight completes.
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "the API still accepts connections after SIGTERM"
+    );
+    request.write_all(&body[10..]).await.unwrap();
+    let mut response = String::new();
+    request.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let id = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|json| serde_json::from_str::<Value>(json).ok())
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .expect("the 202 carries the id");
+
+    // Then the process exits cleanly, and the message it accepted is delivered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = api.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the API did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+}

@@ -4,7 +4,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{create_key, simple_message, spawn_app, spawn_app_with, Script, TestApp};
+use helpers::{create_key, simple_message, spawn_app, spawn_app_with, Script, TestApp, TlsMode};
 use postwire::keys::Scope;
 use serde_json::{json, Value};
 
@@ -557,9 +557,24 @@ impl Drop for PrivateCa {
 
 #[tokio::test]
 async fn implicit_tls_checks_the_host_name_against_the_certificate() {
+    tls_checks_the_host_name(TlsMode::Implicit).await;
+}
+
+#[tokio::test]
+async fn starttls_checks_the_host_name_against_the_certificate() {
+    tls_checks_the_host_name(TlsMode::Starttls).await;
+}
+
+/// A server whose certificate a trusted CA issued for `localhost`: refused under a
+/// name the certificate does not list, used under the one it does.
+async fn tls_checks_the_host_name(mode: TlsMode) {
+    let (security, step) = match mode {
+        TlsMode::Implicit => ("tls", "connect"),
+        TlsMode::Starttls => ("starttls", "starttls"),
+    };
     let ca = PrivateCa::new();
     let server =
-        helpers::TestSmtpServer::start_tls(Script::accept_all(), ca.server_identity()).await;
+        helpers::TestSmtpServer::start_tls(mode, Script::accept_all(), ca.server_identity()).await;
     let ca_pem = ca.ca_pem();
     let app = spawn_app_with(Script::accept_all(), move |s| {
         s.smtp.extra_root_certificates = vec![ca_pem];
@@ -568,7 +583,7 @@ async fn implicit_tls_checks_the_host_name_against_the_certificate() {
     // The certificate names localhost, trusted through the private CA; the
     // connection names the server by its address, which the certificate does not list.
     let mut body = connection_body(server.port(), "pw");
-    body["security"] = json!("tls");
+    body["security"] = json!(security);
     body["host"] = json!("127.0.0.1");
     assert_eq!(
         app.post("/v1/connections", &body).await.status().as_u16(),
@@ -581,11 +596,9 @@ async fn implicit_tls_checks_the_host_name_against_the_certificate() {
         .await
         .unwrap();
     assert_eq!(report["ok"], false, "{report}");
-    assert_eq!(report["steps"][0]["step"], "connect");
-    let detail = report["steps"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .to_ascii_lowercase();
+    let failed = report["steps"].as_array().unwrap().last().unwrap();
+    assert_eq!(failed["step"], step, "{report}");
+    let detail = failed["detail"].as_str().unwrap().to_ascii_lowercase();
     // OpenSSL's wording for a name the certificate does not list ("IP address
     // mismatch" here, "Hostname mismatch" for a DNS name).
     assert!(detail.contains("certificate verify failed"), "{detail}");
@@ -605,6 +618,16 @@ async fn implicit_tls_checks_the_host_name_against_the_certificate() {
         "{status}"
     );
 
+    // Refused before any credentials or mail went out.
+    let commands = server.commands();
+    assert!(
+        !commands.iter().any(|c| {
+            let c = c.to_ascii_uppercase();
+            c.starts_with("AUTH") || c.starts_with("MAIL")
+        }),
+        "{commands:?}"
+    );
+
     // The same server under the name its certificate carries: verified and used.
     let patched = app
         .client
@@ -621,10 +644,19 @@ async fn implicit_tls_checks_the_host_name_against_the_certificate() {
         .await
         .unwrap();
     assert_eq!(report["ok"], true, "{report}");
-    assert!(report["steps"][0]["detail"]
-        .as_str()
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
         .unwrap()
-        .contains("over TLS"));
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    match mode {
+        TlsMode::Implicit => assert!(report["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("over TLS")),
+        TlsMode::Starttls => assert!(steps.contains(&"starttls"), "{report}"),
+    }
     send["Subject"] = json!("over verified TLS");
     let id = app.send_ok(&send).await;
     assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
@@ -642,4 +674,7 @@ async fn implicit_tls_checks_the_host_name_against_the_certificate() {
         subjects.contains(&"over verified TLS".to_owned()),
         "{subjects:?}"
     );
+    assert!(mails
+        .iter()
+        .all(|m| m.auth_user.as_deref() == Some("mailer")));
 }

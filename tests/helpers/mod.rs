@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use smtp_server::{Action, Event, ReceivedMail, Script, TestSmtpServer};
+pub use smtp_server::{Action, Event, ReceivedMail, Script, TestSmtpServer, TlsMode};
 
 /// The default sender of the test connection.
 pub const DEFAULT_FROM: &str = "Postwire Test <sender@example.com>";
@@ -179,6 +179,40 @@ pub fn simple_message() -> Value {
 }
 
 impl TestApp {
+    /// A `postwire serve --role <role>` process (not started) sharing this app's
+    /// database, queues and SMTP server, with the test timings; output discarded.
+    pub fn process(&self, role: &str) -> std::process::Command {
+        let s = &self.settings;
+        let smtp = s.smtp.default.as_ref().unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_postwire"));
+        command
+            .args(["serve", "--role", role])
+            .env(
+                "POSTWIRE_CONFIG_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            )
+            .env("POSTWIRE__DATABASE__URL", &s.database.url)
+            .env("POSTWIRE__DATABASE__MIGRATE_ON_START", "false")
+            .env("POSTWIRE__DATABASE__MAX_CONNECTIONS", "4")
+            .env("POSTWIRE__AMQP__URL", &s.amqp.url)
+            .env("POSTWIRE__AMQP__QUEUE_PREFIX", &s.amqp.queue_prefix)
+            .env("POSTWIRE__AMQP__QUEUE_EXPIRES", "10m")
+            .env("POSTWIRE__WORKER__HEARTBEAT_INTERVAL", "200ms")
+            .env("POSTWIRE__WORKER__PRESUMED_DEAD_AFTER", "1s")
+            .env("POSTWIRE__SMTP__DEFAULT__HOST", &smtp.host)
+            .env("POSTWIRE__SMTP__DEFAULT__PORT", smtp.port.to_string())
+            .env("POSTWIRE__SMTP__DEFAULT__SECURITY", "none")
+            .env(
+                "POSTWIRE__SMTP__DEFAULT__DEFAULT_FROM",
+                smtp.default_from.as_deref().unwrap(),
+            )
+            .env("POSTWIRE__LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    }
+
     /// Stops the app (as SIGTERM would).
     pub fn stop(&self) {
         self.shutdown.cancel();

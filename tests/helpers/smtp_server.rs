@@ -277,21 +277,25 @@ impl TestSmtpServer {
         TestSmtpServer::start_inner(script, None).await
     }
 
-    /// Starts a server that speaks implicit TLS (SMTPS) with `identity`, its
-    /// answers coming from `script`. A client whose handshake fails is dropped.
+    /// Starts a server that speaks TLS with `identity` as `mode` says, its answers
+    /// coming from `script`. A client whose handshake fails is dropped.
     ///
     /// # Panics
     ///
     /// If 127.0.0.1 cannot be bound or the identity is unusable.
-    pub async fn start_tls(script: Script, identity: native_tls::Identity) -> TestSmtpServer {
+    pub async fn start_tls(
+        mode: TlsMode,
+        script: Script,
+        identity: native_tls::Identity,
+    ) -> TestSmtpServer {
         let acceptor = native_tls::TlsAcceptor::new(identity)
             .expect("test SMTP server: unusable TLS identity");
-        TestSmtpServer::start_inner(script, Some(acceptor.into())).await
+        TestSmtpServer::start_inner(script, Some((mode, acceptor.into()))).await
     }
 
     async fn start_inner(
         script: Script,
-        tls: Option<tokio_native_tls::TlsAcceptor>,
+        tls: Option<(TlsMode, tokio_native_tls::TlsAcceptor)>,
     ) -> TestSmtpServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
@@ -480,10 +484,19 @@ impl Drop for Handle {
     }
 }
 
+/// How a TLS test server offers TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// From the first byte (SMTPS, port 465 style).
+    Implicit,
+    /// After the client's STARTTLS, which EHLO advertises until then.
+    Starttls,
+}
+
 struct Shared {
     addr: SocketAddr,
-    /// Present for an implicit-TLS server.
-    tls: Option<tokio_native_tls::TlsAcceptor>,
+    /// Present for a server that speaks TLS.
+    tls: Option<(TlsMode, tokio_native_tls::TlsAcceptor)>,
     script: Mutex<Script>,
     received: Mutex<Vec<ReceivedMail>>,
     commands: Mutex<Vec<String>>,
@@ -539,8 +552,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 async fn run_session(stream: TcpStream, index: usize, guard: OpenGuard) {
     let _ = stream.set_nodelay(true);
     let stream: Box<dyn Stream> = match &guard.0.tls {
-        None => Box::new(stream),
-        Some(acceptor) => match acceptor.accept(stream).await {
+        None | Some((TlsMode::Starttls, _)) => Box::new(stream),
+        Some((TlsMode::Implicit, acceptor)) => match acceptor.accept(stream).await {
             Ok(tls) => Box::new(tls),
             // The client refused our certificate (or spoke no TLS): nothing to serve.
             Err(_) => return,
@@ -554,6 +567,7 @@ async fn run_session(stream: TcpStream, index: usize, guard: OpenGuard) {
         writer,
         in_service: true,
         greeted: false,
+        secure: matches!(guard.0.tls, Some((TlsMode::Implicit, _))),
         auth_user: None,
         mail_from: None,
         mail_at: None,
@@ -612,6 +626,8 @@ struct Session {
     /// False after a non-2xx greeting: the client may then only QUIT.
     in_service: bool,
     greeted: bool,
+    /// The session runs over TLS (implicit, or after STARTTLS).
+    secure: bool,
     auth_user: Option<String>,
     mail_from: Option<String>,
     mail_at: Option<Instant>,
@@ -712,6 +728,7 @@ impl Session {
         }
         match verb.as_str() {
             "EHLO" | "HELO" => self.hello(&verb, arg).await,
+            "STARTTLS" => self.starttls().await,
             "AUTH" => self.auth(arg).await,
             "MAIL" => self.mail(arg).await,
             "RCPT" => self.rcpt(arg).await,
@@ -731,6 +748,9 @@ impl Session {
             if verb == "EHLO" {
                 let mut lines = vec![format!("localhost greets {arg}")];
                 lines.extend(EHLO_KEYWORDS.iter().map(|k| (*k).to_owned()));
+                if self.starttls_offered() {
+                    lines.push("STARTTLS".to_owned());
+                }
                 lines.join("\n")
             } else {
                 "localhost".to_owned()
@@ -977,6 +997,40 @@ impl Session {
         if verb == "QUIT" {
             return Err(Exit::Close);
         }
+        Ok(())
+    }
+
+    fn starttls_offered(&self) -> bool {
+        !self.secure && matches!(self.shared.tls, Some((TlsMode::Starttls, _)))
+    }
+
+    /// RFC 3207: 220, then a TLS handshake on the same socket; the client starts
+    /// over with EHLO.
+    async fn starttls(&mut self) -> Result<(), Exit> {
+        let acceptor = match &self.shared.tls {
+            Some((_, acceptor)) if self.starttls_offered() => acceptor.clone(),
+            _ => {
+                self.write_reply(502, "5.5.1 Error: STARTTLS not available")
+                    .await?;
+                return Ok(());
+            }
+        };
+        self.write_reply(220, "2.0.0 Ready to start TLS").await?;
+        // Take the plain halves out (leaving unconnected stand-ins), rejoin them and
+        // put TLS on top.
+        let (stand_in_reader, stand_in_writer) =
+            tokio::io::split(Box::new(tokio::io::duplex(1).0) as Box<dyn Stream>);
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(stand_in_reader));
+        let writer = std::mem::replace(&mut self.writer, stand_in_writer);
+        let plain = reader.into_inner().unsplit(writer);
+        let tls = acceptor.accept(plain).await.map_err(|_| Exit::Close)?;
+        let (reader, writer) = tokio::io::split(Box::new(tls) as Box<dyn Stream>);
+        self.reader = BufReader::with_capacity(64 * 1024, reader);
+        self.writer = writer;
+        self.secure = true;
+        self.greeted = false;
+        self.auth_user = None;
+        self.reset_transaction();
         Ok(())
     }
 
