@@ -150,6 +150,25 @@ async fn health_readiness_stay_open() {
     assert_eq!(ready.status().as_u16(), 200);
 }
 
+/// `POST /v1/connections/relay-1/verify`: the report of each step.
+async fn verify(app: &TestApp) -> Value {
+    app.post("/v1/connections/relay-1/verify", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The names of a verify report's steps, in order.
+fn step_names(report: &Value) -> Vec<&str> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect()
+}
+
 fn connection_body(port: u16, password: &str) -> Value {
     json!({
         "name": "relay-1",
@@ -304,19 +323,9 @@ async fn verify_reports_each_step_and_the_one_that_failed() {
         &connection_body(app.smtp.port(), "right"),
     )
     .await;
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value = verify(&app).await;
     assert_eq!(report["ok"], true, "{report}");
-    let steps: Vec<&str> = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> = step_names(&report);
     assert_eq!(steps, ["connect", "auth"]);
 
     app.client
@@ -325,12 +334,7 @@ async fn verify_reports_each_step_and_the_one_that_failed() {
         .send()
         .await
         .unwrap();
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value = verify(&app).await;
     assert_eq!(report["ok"], false);
     let last = report["steps"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["step"], "auth");
@@ -344,12 +348,7 @@ async fn starttls_never_falls_back_to_plain_text() {
     let mut body = connection_body(app.smtp.port(), "never-in-clear");
     body["security"] = json!("starttls");
     app.post("/v1/connections", &body).await;
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value = verify(&app).await;
     assert_eq!(report["ok"], false);
     assert!(
         report.to_string().contains("does not offer STARTTLS"),
@@ -375,66 +374,31 @@ async fn starttls_never_falls_back_to_plain_text() {
 
 #[tokio::test]
 async fn implicit_tls_refuses_a_certificate_it_cannot_verify() {
-    // A TLS server with a self-signed certificate (openssl s_server).
-    let dir = std::env::temp_dir().join(format!("pw-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(status.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = std::process::Command::new("openssl")
-        .args(["s_server", "-quiet", "-accept", &port.to_string()])
-        .arg("-cert")
-        .arg(dir.join("cert.pem"))
-        .arg("-key")
-        .arg(dir.join("key.pem"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
+    // Issued for the right name, by a CA this app was not told to trust.
+    let ca = PrivateCa::new();
+    let server = helpers::TestSmtpServer::start_tls(
+        TlsMode::Implicit,
+        Script::accept_all(),
+        ca.server_identity(),
+    )
+    .await;
     let app = spawn_app().await;
-    let mut body = connection_body(port, "pw");
+    let mut body = connection_body(server.port(), "pw");
     body["security"] = json!("tls");
+    body["host"] = json!("localhost");
     app.post("/v1/connections", &body).await;
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let report = verify(&app).await;
     assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["steps"][0]["step"], "connect");
     let detail = report["steps"][0]["detail"]
         .as_str()
         .unwrap()
         .to_ascii_lowercase();
-    assert_eq!(report["steps"][0]["step"], "connect");
-    assert!(detail.contains("certificate"), "{detail}");
+    assert!(detail.contains("certificate verify failed"), "{detail}");
+    assert!(
+        server.commands().is_empty(),
+        "nothing said before the handshake"
+    );
 }
 
 #[tokio::test]
@@ -589,12 +553,7 @@ async fn tls_checks_the_host_name(mode: TlsMode) {
         app.post("/v1/connections", &body).await.status().as_u16(),
         201
     );
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value = verify(&app).await;
     assert_eq!(report["ok"], false, "{report}");
     let failed = report["steps"].as_array().unwrap().last().unwrap();
     assert_eq!(failed["step"], step, "{report}");
@@ -637,19 +596,9 @@ async fn tls_checks_the_host_name(mode: TlsMode) {
         .await
         .unwrap();
     assert_eq!(patched.status().as_u16(), 200);
-    let report: Value = app
-        .post("/v1/connections/relay-1/verify", &json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value = verify(&app).await;
     assert_eq!(report["ok"], true, "{report}");
-    let steps: Vec<&str> = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let steps: Vec<&str> = step_names(&report);
     match mode {
         TlsMode::Implicit => assert!(report["steps"][0]["detail"]
             .as_str()
