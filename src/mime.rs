@@ -96,12 +96,21 @@ pub fn render(
     let envelope = lettre::address::Envelope::new(Some(envelope_from), envelope_to)
         .map_err(RenderError::Build)?;
     // Bcc recipients live only in this envelope, never in a header.
-    let built = builder
-        .envelope(envelope.clone())
-        .multipart(body_tree(message))?;
+    let builder = builder.envelope(envelope.clone());
+    let (built, single) = match body_tree(message) {
+        Part::Single(part) => (builder.singlepart(part)?, true),
+        Part::Multi(parts) => (builder.multipart(parts)?, false),
+    };
+    let mut raw = built.formatted();
+    // lettre closes every part with a CRLF of its own, which inside a multipart
+    // belongs to the next boundary; as the whole body it would add an empty line to a
+    // text that already ends with a line break.
+    if single && raw.ends_with(b"\r\n\r\n") {
+        raw.truncate(raw.len() - 2);
+    }
 
     Ok(Rendered {
-        raw: built.formatted(),
+        raw,
         envelope_from: from.address.to_string(),
         envelope_to: envelope.to().iter().map(ToString::to_string).collect(),
         message_id,
@@ -109,8 +118,9 @@ pub fn render(
 }
 
 /// multipart/mixed { multipart/related { multipart/alternative { text, html }, inline… },
-/// attachments… }, with each level present only when needed.
-fn body_tree(message: &NewMessage) -> MultiPart {
+/// attachments… }, with each level present only when needed: a plain-text message
+/// without attachments is a single text/plain part.
+fn body_tree(message: &NewMessage) -> Part {
     let body = message.body.as_str();
     let content = if message.is_html {
         Part::Multi(
@@ -144,14 +154,9 @@ fn body_tree(message: &NewMessage) -> MultiPart {
     };
 
     if attached.is_empty() {
-        return match content {
-            Part::Multi(mp) => mp,
-            // A single text part still travels as multipart/mixed so the structure is
-            // uniform for readers; it costs one boundary.
-            single => single.into_multipart(MultiPart::mixed()),
-        };
+        return content;
     }
-    attached
+    let mixed = attached
         .iter()
         .fold(content.into_multipart(MultiPart::mixed()), |mp, a| {
             let name = a
@@ -159,9 +164,11 @@ fn body_tree(message: &NewMessage) -> MultiPart {
                 .clone()
                 .unwrap_or_else(|| "attachment".to_owned());
             mp.singlepart(MimeAttachment::new(name).body(a.data.clone(), a.content_type.clone()))
-        })
+        });
+    Part::Multi(mixed)
 }
 
+/// A MIME body: one part, or several.
 enum Part {
     Single(SinglePart),
     Multi(MultiPart),

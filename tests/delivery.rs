@@ -55,11 +55,18 @@ async fn plain_mail_is_delivered_and_its_status_reads_sent() {
         format!("<{}>", mail.message_id().unwrap()),
         status["message_id"].as_str().unwrap()
     );
-    // The server sees the message plus the CRLF that precedes the final ".".
+    // A plain-text mail is one text/plain part, and the server receives exactly the
+    // rendered message: no empty line added before the final ".".
+    let content_type = mail.content_type().unwrap();
     assert_eq!(
-        status["size"].as_u64().unwrap() as usize + 2,
+        (content_type.ctype(), content_type.subtype()),
+        ("text", Some("plain"))
+    );
+    assert_eq!(
+        status["size"].as_u64().unwrap() as usize,
         mails[0].data.len()
     );
+    assert!(!mails[0].data.ends_with(b"\r\n\r\n"));
 }
 
 #[tokio::test]

@@ -162,7 +162,11 @@ pub(super) async fn transact(
         Step::Negative(reply) => return reset(conn, timeouts, by_class(reply, recipients)).await,
         Step::Broken(error) => return broken(error, recipients),
     }
-    match step(timeouts.data, "end of DATA", conn.message(raw)).await {
+    // lettre ends the content with CRLF "." CRLF, whose CRLF closes the last line; a
+    // message that ends with its own CRLF (a rendered one does) would gain an empty
+    // line at the receiver.
+    let content = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+    match step(timeouts.data, "end of DATA", conn.message(content)).await {
         Step::Reply(r) => Attempt::Done {
             delivery: Delivery::Sent {
                 reply: smtp_reply(&r),

@@ -75,7 +75,7 @@ pub struct ReceivedMail {
     pub rcpt_to: Vec<String>,
     /// The content exactly as the client meant it: dot-unstuffed, line
     /// endings untouched, ending with the CRLF that precedes the final
-    /// `.\r\n` (lettre always adds one after the message).
+    /// `.\r\n` (RFC 5321: that CRLF ends the message's last line).
     pub data: Vec<u8>,
     /// The user the session authenticated as, if it did.
     pub auth_user: Option<String>,
