@@ -74,15 +74,14 @@ pub fn parameters(host: &str, roots: &[String]) -> Result<TlsParameters, String>
 #[derive(Debug)]
 pub struct TlsSocket(tokio_native_tls::TlsStream<TcpStream>);
 
-/// Sets TCP_NODELAY on `tcp` and opens TLS to `host` over it: the same verification
-/// as [`parameters`] (system roots plus the extra ones, host name checked, TLS 1.2 at
+/// Opens TLS to `host` over `tcp` (Nagle already off): the same verification as
+/// [`parameters`] (system roots plus the extra ones, host name checked, TLS 1.2 at
 /// least). The error says which part failed.
 pub async fn connect_implicit(
     tcp: TcpStream,
     host: &str,
     roots: &[String],
 ) -> Result<TlsSocket, String> {
-    let _ = tcp.set_nodelay(true);
     let mut builder = native_tls::TlsConnector::builder();
     builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
     for pem in roots {
