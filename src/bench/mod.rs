@@ -9,6 +9,7 @@
 
 mod load;
 mod observe;
+mod pgwait;
 mod procfs;
 mod report;
 mod stats;
@@ -26,7 +27,7 @@ use crate::config::Settings;
 use load::{LoadOutcome, LoadPlan};
 use observe::{Deliveries, StatusCounts};
 use procfs::{CpuSnapshot, CpuUsage, RssSampler};
-use report::{CpuPhases, Delivery, ProcessPeak, Report, Sending};
+use report::{CpuPhases, DbPhases, Delivery, ProcessPeak, Report, Sending};
 use stats::{rate, Percentiles};
 
 /// How messages are sent.
@@ -132,6 +133,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
         .copied()
         .collect();
     let rss = RssSampler::start(pids, Duration::from_millis(200));
+    let waits = pgwait::WaitSampler::start(pool.clone(), Duration::from_millis(250));
     let start_db = observe::database_now(&pool).await?;
     let start = Instant::now();
     let cpu_start = CpuSnapshot::take();
@@ -165,8 +167,16 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
     delivered_bar.finish();
     let wait_seconds = start.elapsed().as_secs_f64();
     let cpu_end = CpuSnapshot::take();
+    let drained_at = Instant::now();
     let draining_long = sent_at.elapsed() >= Duration::from_secs(1);
     let peaks = rss.finish().await;
+    let waits = waits.finish().await;
+    let db = DbPhases {
+        sending: waits.between(start, sent_at),
+        draining: draining_long
+            .then(|| waits.between(sent_at, drained_at))
+            .flatten(),
+    };
     let deliveries = observe::deliveries(&pool, start_db, &load.ids).await?;
     let _ = bars.clear();
 
@@ -191,6 +201,7 @@ pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
             wait_seconds,
             peaks,
             cpu,
+            db,
         },
     );
 
@@ -218,6 +229,7 @@ struct Observed {
     /// Peak RSS in KiB by pid.
     peaks: HashMap<u32, u64>,
     cpu: CpuPhases,
+    db: DbPhases,
 }
 
 /// Turns the measurements into the report's figures.
@@ -230,6 +242,7 @@ fn summarise(args: &BenchArgs, plan: &LoadPlan, observed: Observed) -> Report {
         wait_seconds,
         peaks,
         cpu,
+        db,
     } = observed;
     let accepted = load.ids.len() as u64;
     let sent = counts.sent();
@@ -270,7 +283,7 @@ fn summarise(args: &BenchArgs, plan: &LoadPlan, observed: Observed) -> Report {
             Mode::Batch => plan.batch_size,
         },
         body_bytes: plan.body_bytes,
-        bottleneck: report::bottleneck_hint(&cpu, accepted_per_sec, delivered_per_sec, errors),
+        bottleneck: report::bottleneck_hint(&cpu, &db, accepted_per_sec, delivered_per_sec, errors),
         sending: Sending {
             requests: load.requests,
             offered: load.offered,
@@ -291,6 +304,7 @@ fn summarise(args: &BenchArgs, plan: &LoadPlan, observed: Observed) -> Report {
         },
         processes,
         cpu,
+        db,
     }
 }
 

@@ -27,7 +27,7 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 /// Connects to the database postwire writes to.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(3)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await

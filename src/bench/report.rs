@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::pgwait::DbActivity;
 use super::procfs::CpuUsage;
 use super::stats::Percentiles;
 
@@ -24,6 +25,8 @@ pub struct Report {
     pub delivery: Delivery,
     pub processes: Vec<ProcessPeak>,
     pub cpu: CpuPhases,
+    /// What PostgreSQL's sessions were doing, sampled.
+    pub db: DbPhases,
     pub bottleneck: String,
 }
 
@@ -79,17 +82,29 @@ pub struct CpuPhases {
     pub draining: Option<CpuUsage>,
 }
 
+/// PostgreSQL's activity while sending and while draining (`None`: no samples).
+#[derive(Debug, Serialize)]
+pub struct DbPhases {
+    pub sending: Option<DbActivity>,
+    pub draining: Option<DbActivity>,
+}
+
+/// A wait taking at least this share of PostgreSQL's active time is named in the hint.
+const NOTABLE_WAIT_PCT: f64 = 20.0;
+
 /// Machine busier than this (% of all CPUs) counts as CPU-bound.
 const SATURATED_PCT: f64 = 85.0;
 
-/// A one-line guess at what limited the run, from where the CPU time went.
+/// A one-line guess at what limited the run, from where the CPU time went and what
+/// PostgreSQL waited for.
 pub fn bottleneck_hint(
     cpu: &CpuPhases,
+    db: &DbPhases,
     accepted_per_sec: f64,
     delivered_per_sec: f64,
     errors: u64,
 ) -> String {
-    let phase = |name: &str, u: &CpuUsage| {
+    let phase = |name: &str, u: &CpuUsage, db: Option<&DbActivity>| {
         let top: Vec<String> = u
             .top
             .iter()
@@ -101,17 +116,28 @@ pub fn bottleneck_hint(
         } else {
             "not CPU-bound (latency/concurrency-limited)"
         };
-        format!(
+        let mut line = format!(
             "{name}: {verdict}, {:.0}% of {} CPUs busy [{}]",
             u.machine_busy_pct,
             u.cpus,
             top.join(", ")
-        )
+        );
+        if let Some(wait) = db
+            .and_then(DbActivity::top_wait)
+            .filter(|w| w.pct >= NOTABLE_WAIT_PCT)
+        {
+            let _ = write!(
+                line,
+                ", PostgreSQL sessions waiting on {} {:.0}% of their active time",
+                wait.state, wait.pct
+            );
+        }
+        line
     };
-    let mut hint = phase("sending", &cpu.sending);
+    let mut hint = phase("sending", &cpu.sending, db.sending.as_ref());
     if let Some(draining) = &cpu.draining {
         hint.push_str("; ");
-        hint.push_str(&phase("draining", draining));
+        hint.push_str(&phase("draining", draining, db.draining.as_ref()));
     }
     if delivered_per_sec > 0.0 && delivered_per_sec < 0.8 * accepted_per_sec {
         hint.push_str("; delivery slower than acceptance: the queue grew while sending");
@@ -140,6 +166,25 @@ fn counts(map: &BTreeMap<String, u64>) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn db_line(a: &Option<DbActivity>) -> String {
+    match a {
+        None => "-".to_owned(),
+        Some(a) => {
+            let states: Vec<String> = a
+                .states
+                .iter()
+                .take(5)
+                .map(|s| format!("{} {:.0}%", s.state, s.pct))
+                .collect();
+            format!(
+                "{:.1} sessions active on average; {}",
+                a.active_avg,
+                states.join(", ")
+            )
+        }
+    }
 }
 
 fn cpu_line(u: &CpuUsage) -> String {
@@ -229,6 +274,8 @@ impl Report {
                     .as_ref()
                     .map_or("- (under a second)".to_owned(), cpu_line),
             ),
+            ("db sending", db_line(&self.db.sending)),
+            ("db draining", db_line(&self.db.draining)),
             ("bottleneck hint", self.bottleneck.clone()),
         ];
         for (name, value) in rows {
@@ -241,6 +288,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::pgwait::StateShare;
     use crate::bench::procfs::ProcessCpu;
 
     fn usage(busy: f64, top: &[(&str, f64)]) -> CpuUsage {
@@ -263,9 +311,34 @@ mod tests {
             sending: usage(97.0, &[("postgres", 90.0), ("postwire api", 60.0)]),
             draining: Some(usage(40.0, &[("postwire worker", 50.0)])),
         };
-        let hint = bottleneck_hint(&cpu, 2000.0, 1000.0, 3);
+        let db = DbPhases {
+            sending: None,
+            draining: Some(DbActivity {
+                active_avg: 1.5,
+                states: vec![
+                    StateShare {
+                        state: "running".to_owned(),
+                        pct: 55.0,
+                    },
+                    StateShare {
+                        state: "IO:WALSync".to_owned(),
+                        pct: 30.0,
+                    },
+                    StateShare {
+                        state: "Lock:tuple".to_owned(),
+                        pct: 15.0,
+                    },
+                ],
+            }),
+        };
+        let hint = bottleneck_hint(&cpu, &db, 2000.0, 1000.0, 3);
         assert!(hint.starts_with("sending: CPU-bound, 97% of 2 CPUs busy [postgres 90%"));
         assert!(hint.contains("draining: not CPU-bound"));
+        assert!(hint.contains("waiting on IO:WALSync 30%"), "{hint}");
+        assert!(
+            !hint.contains("Lock:tuple"),
+            "small waits are not named: {hint}"
+        );
         assert!(hint.contains("queue grew"));
         assert!(hint.ends_with("3 failed requests"));
     }
