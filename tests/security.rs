@@ -159,6 +159,26 @@ async fn verify(app: &TestApp) -> Value {
         .unwrap()
 }
 
+/// Sends a message through `relay-1` and waits until it is deferred; its status.
+async fn deferred_send(app: &TestApp) -> Value {
+    let mut send = simple_message();
+    send["connection"] = json!("relay-1");
+    let id = app.send_ok(&send).await;
+    app.wait_for(&id, "deferred", |m| m["status"] == "deferred")
+        .await
+}
+
+/// Asserts that no credentials and no mail were offered to the server.
+fn assert_no_auth_or_mail(commands: &[String]) {
+    assert!(
+        !commands.iter().any(|c| {
+            let c = c.to_ascii_uppercase();
+            c.starts_with("AUTH") || c.starts_with("MAIL")
+        }),
+        "{commands:?}"
+    );
+}
+
 /// The names of a verify report's steps, in order.
 fn step_names(report: &Value) -> Vec<&str> {
     report["steps"]
@@ -355,21 +375,10 @@ async fn starttls_never_falls_back_to_plain_text() {
         "{report}"
     );
 
-    let mut send = simple_message();
-    send["connection"] = json!("relay-1");
-    let id = app.send_ok(&send).await;
-    let status = app
-        .wait_for(&id, "deferred", |m| m["status"] == "deferred")
-        .await;
+    let status = deferred_send(&app).await;
     assert!(status["last_error"].as_str().unwrap().contains("STARTTLS"));
-    let commands = app.smtp.commands();
-    assert!(
-        !commands
-            .iter()
-            .any(|c| c.to_ascii_uppercase().starts_with("MAIL")
-                || c.to_ascii_uppercase().starts_with("AUTH")),
-        "nothing but EHLO/QUIT in plain text: {commands:?}"
-    );
+    // Nothing but EHLO and QUIT in plain text.
+    assert_no_auth_or_mail(&app.smtp.commands());
 }
 
 #[tokio::test]
@@ -562,12 +571,7 @@ async fn tls_checks_the_host_name(mode: TlsMode) {
     // mismatch" here, "Hostname mismatch" for a DNS name).
     assert!(detail.contains("certificate verify failed"), "{detail}");
     assert!(detail.contains("mismatch"), "{detail}");
-    let mut send = simple_message();
-    send["connection"] = json!("relay-1");
-    let refused = app.send_ok(&send).await;
-    let status = app
-        .wait_for(&refused, "deferred", |m| m["status"] == "deferred")
-        .await;
+    let status = deferred_send(&app).await;
     assert!(
         status["last_error"]
             .as_str()
@@ -578,14 +582,7 @@ async fn tls_checks_the_host_name(mode: TlsMode) {
     );
 
     // Refused before any credentials or mail went out.
-    let commands = server.commands();
-    assert!(
-        !commands.iter().any(|c| {
-            let c = c.to_ascii_uppercase();
-            c.starts_with("AUTH") || c.starts_with("MAIL")
-        }),
-        "{commands:?}"
-    );
+    assert_no_auth_or_mail(&server.commands());
 
     // The same server under the name its certificate carries: verified and used.
     let patched = app
@@ -606,6 +603,8 @@ async fn tls_checks_the_host_name(mode: TlsMode) {
             .contains("over TLS")),
         TlsMode::Starttls => assert!(steps.contains(&"starttls"), "{report}"),
     }
+    let mut send = simple_message();
+    send["connection"] = json!("relay-1");
     send["Subject"] = json!("over verified TLS");
     let id = app.send_ok(&send).await;
     assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
