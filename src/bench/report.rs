@@ -105,12 +105,6 @@ pub fn bottleneck_hint(
     errors: u64,
 ) -> String {
     let phase = |name: &str, u: &CpuUsage, db: Option<&DbActivity>| {
-        let top: Vec<String> = u
-            .top
-            .iter()
-            .take(4)
-            .map(|p| format!("{} {:.0}%", p.name, p.cpu_pct))
-            .collect();
         let verdict = if u.machine_busy_pct >= SATURATED_PCT {
             "CPU-bound"
         } else {
@@ -120,7 +114,7 @@ pub fn bottleneck_hint(
             "{name}: {verdict}, {:.0}% of {} CPUs busy [{}]",
             u.machine_busy_pct,
             u.cpus,
-            top.join(", ")
+            top_processes(u, 4)
         );
         if let Some(wait) = db
             .and_then(DbActivity::top_wait)
@@ -171,35 +165,35 @@ fn counts(map: &BTreeMap<String, u64>) -> String {
 fn db_line(a: &Option<DbActivity>) -> String {
     match a {
         None => "-".to_owned(),
-        Some(a) => {
-            let states: Vec<String> = a
-                .states
-                .iter()
-                .take(5)
-                .map(|s| format!("{} {:.0}%", s.state, s.pct))
-                .collect();
-            format!(
-                "{:.1} sessions active on average; {}",
-                a.active_avg,
-                states.join(", ")
-            )
-        }
+        Some(a) => format!(
+            "{:.1} sessions active on average; {}",
+            a.active_avg,
+            percents(a.states.iter().map(|s| (s.state.as_str(), s.pct)), 5)
+        ),
     }
 }
 
 fn cpu_line(u: &CpuUsage) -> String {
-    let top: Vec<String> = u
-        .top
-        .iter()
-        .take(6)
-        .map(|p| format!("{} {:.0}%", p.name, p.cpu_pct))
-        .collect();
     format!(
         "{:.0}% of {} CPUs busy; {}",
         u.machine_busy_pct,
         u.cpus,
-        top.join(", ")
+        top_processes(u, 6)
     )
+}
+
+/// The `n` largest CPU consumers as "name 12%, …".
+fn top_processes(u: &CpuUsage, n: usize) -> String {
+    percents(u.top.iter().map(|p| (p.name.as_str(), p.cpu_pct)), n)
+}
+
+/// The first `n` of `(name, percent)` as "name 12%, …".
+fn percents<'a>(items: impl Iterator<Item = (&'a str, f64)>, n: usize) -> String {
+    items
+        .take(n)
+        .map(|(name, pct)| format!("{name} {pct:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Report {
