@@ -153,6 +153,8 @@ log "recreating database $DB"
 psql_admin "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 psql_admin "CREATE DATABASE $DB" >/dev/null
 
+# A local benchmark: the development environment (no master key needed).
+export POSTWIRE_ENV=${POSTWIRE_ENV:-development}
 export POSTWIRE__DATABASE__URL=$DB_URL
 export POSTWIRE__AMQP__QUEUE_PREFIX="bench-$(date +%s)-$$"
 export POSTWIRE__AMQP__QUEUE_EXPIRES=10m

@@ -99,17 +99,20 @@ pub async fn connections(settings: &Settings, command: ConnectionsCommand) -> an
         ConnectionsCommand::Rekey => {
             let cipher = settings.cipher()?;
             let changed = store
-                .reencrypt_passwords(|sealed| {
+                .reencrypt_passwords(|id, sealed| {
                     if !cipher.is_stale(sealed) {
                         return Ok(None);
                     }
                     let clear = cipher
-                        .decrypt(sealed)
-                        .context("decrypting a stored password")?;
-                    Ok(Some(cipher.encrypt(&clear)))
+                        .decrypt(sealed, id.as_bytes())
+                        .with_context(|| format!("decrypting the password of connection {id}"))?;
+                    // Rewritten in the current format: bound to its connection.
+                    Ok(Some(cipher.encrypt(&clear, id.as_bytes())))
                 })
                 .await?;
-            eprintln!("re-encrypted {changed} password(s) under the current master key");
+            eprintln!(
+                "re-encrypted {changed} password(s) under the current master key, each bound to its connection"
+            );
         }
     }
     Ok(())

@@ -22,6 +22,15 @@ impl<T, R> Clone for Batcher<T, R> {
     }
 }
 
+/// How large one batch may grow: at most `count` requests, and at most `weight` in
+/// all as weighed by the batcher's weight function (a request heavier than that on
+/// its own is written alone).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub count: usize,
+    pub weight: usize,
+}
+
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts the writer. `write` gets up to `max_batch` requests and must answer with
     /// one result per request, in order. Up to `parallel` batches are written at
@@ -31,20 +40,54 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
+        let limits = BatchLimits {
+            count: max_batch,
+            weight: usize::MAX,
+        };
+        Batcher::start_weighted(limits, |_| 0, parallel, write)
+    }
+
+    /// [`Batcher::start`] with batches bounded by `limits.weight` as well, each request
+    /// weighing `weigh(request)` (say, its bytes).
+    pub fn start_weighted<W, F, Fut>(
+        limits: BatchLimits,
+        weigh: W,
+        parallel: usize,
+        write: F,
+    ) -> Batcher<T, R>
+    where
+        W: Fn(&T) -> usize + Send + 'static,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::channel::<(T, Option<oneshot::Sender<R>>)>(4096);
         let writers = Arc::new(Semaphore::new(parallel.max(1)));
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // A request that did not fit the previous batch opens the next one.
+            let mut carried = None;
+            loop {
+                let first = match carried.take() {
+                    Some(first) => first,
+                    None => match rx.recv().await {
+                        Some(first) => first,
+                        None => return,
+                    },
+                };
                 let Ok(permit) = writers.clone().acquire_owned().await else {
                     return;
                 };
                 // Whatever queued up while we waited for a writer joins this batch.
+                let mut weight = weigh(&first.0);
                 let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+                while batch.len() < limits.count {
+                    let Ok(next) = rx.try_recv() else { break };
+                    let w = weigh(&next.0);
+                    if weight.saturating_add(w) > limits.weight {
+                        carried = Some(next);
+                        break;
                     }
+                    weight += w;
+                    batch.push(next);
                 }
                 let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
                 let written = write(items);
@@ -104,6 +147,31 @@ pub fn each<R>(result: Result<Vec<R>, sqlx::Error>, n: usize) -> Vec<DbResult<R>
     }
 }
 
+/// Writes `items` with one call of `write` (one statement); when the database refuses
+/// that statement (a value it will not store, a constraint) rather than being
+/// unreachable, each item is written again on its own, so that only the items at
+/// fault get the error and the innocent ones that shared their batch are committed.
+pub async fn write_or_isolate<T, F, Fut>(items: Vec<T>, write: F) -> Vec<DbResult<()>>
+where
+    T: Clone,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), sqlx::Error>>,
+{
+    let n = items.len();
+    match write(items.clone()).await {
+        Ok(()) => vec![Ok(()); n],
+        Err(e) if n > 1 && !crate::store::is_unavailable(&e) => {
+            tracing::warn!(error = %e, requests = n, "a grouped write was refused; writing its requests one by one");
+            let mut results = Vec::with_capacity(n);
+            for item in items {
+                results.push(write(vec![item]).await.map_err(Arc::new));
+            }
+            results
+        }
+        Err(e) => each(Err(e), n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -139,6 +207,71 @@ mod tests {
             sizes.len() < 20,
             "some calls were written together: {sizes:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_stays_under_its_weight_and_a_heavy_request_goes_alone() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&batches);
+        let limits = BatchLimits {
+            count: 100,
+            weight: 10,
+        };
+        let batcher = Batcher::start_weighted(
+            limits,
+            |w: &usize| *w,
+            1,
+            move |items: Vec<usize>| {
+                seen.lock().unwrap().push(items.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    vec![(); items.len()]
+                }
+            },
+        );
+        for w in [1, 4, 4, 4, 25, 3, 3] {
+            assert!(batcher.submit(w).await);
+        }
+        assert_eq!(batcher.call(1).await, Some(()));
+        let batches = batches.lock().unwrap().clone();
+        let all: Vec<usize> = batches.iter().flatten().copied().collect();
+        assert_eq!(all, [1, 4, 4, 4, 25, 3, 3, 1], "every request, in order");
+        for batch in &batches {
+            let weight: usize = batch.iter().sum();
+            assert!(weight <= 10 || batch.len() == 1, "{batches:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_group_is_written_again_one_by_one_and_only_the_offender_fails() {
+        let calls = Mutex::new(Vec::new());
+        let results = write_or_isolate(vec!["a", "bad", "c"], |group: Vec<&str>| {
+            calls.lock().unwrap().push(group.len());
+            async move {
+                if group.contains(&"bad") {
+                    // Not an outage: the statement itself is refused.
+                    Err(sqlx::Error::ColumnNotFound("bad".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, false, true]);
+        assert_eq!(*calls.lock().unwrap(), [3, 1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_fails_the_group_without_a_retry_per_request() {
+        let calls = Mutex::new(0);
+        let results = write_or_isolate(vec![1, 2, 3], |_group: Vec<i32>| {
+            *calls.lock().unwrap() += 1;
+            async { Err(sqlx::Error::PoolTimedOut) }
+        })
+        .await;
+        assert!(results.iter().all(Result::is_err));
+        assert_eq!(*calls.lock().unwrap(), 1);
     }
 
     #[tokio::test]

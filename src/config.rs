@@ -26,7 +26,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
-    /// `POSTWIRE_ENV`: `development` unless set.
+    /// `POSTWIRE_ENV`: `production` unless set. Only `development` and `test` may run
+    /// without a master key.
     #[serde(skip)]
     pub environment: String,
 }
@@ -139,6 +140,20 @@ pub struct ServerSettings {
     /// How long in-flight requests may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A connection must deliver a request's headers within this long (counted from
+    /// the connection's start, or from the end of the previous response); otherwise it
+    /// is closed. Idle keep-alive connections close after this long too.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this long; otherwise 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections at most; a connection beyond them is answered 503 with
+    /// `Retry-After` and closed.
+    pub max_connections: usize,
+    /// Bytes of request bodies held at once, all requests together; a request that
+    /// would go beyond gets 503 with `Retry-After` instead of growing the process.
+    pub max_body_bytes_in_flight: usize,
 }
 
 /// PostgreSQL, the system of record.
@@ -264,6 +279,9 @@ pub struct ConnectionSettings {
     pub default_from: Option<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: u16,
+    /// AUTH may go over `security = "none"` to a host other than loopback.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
 }
 
 fn default_connection_name() -> String {
@@ -286,6 +304,7 @@ impl std::fmt::Debug for ConnectionSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("default_from", &self.default_from)
             .field("max_connections", &self.max_connections)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .finish()
     }
 }
@@ -325,13 +344,24 @@ pub enum LogFormat {
 
 impl Settings {
     /// Loads the configuration from `dir` (or `POSTWIRE_CONFIG_DIR`, or `./config`), the
-    /// environment's file and `POSTWIRE__*` variables.
+    /// environment's file and `POSTWIRE__*` variables. The environment is
+    /// `POSTWIRE_ENV`, `production` when unset: a forgotten variable must fail closed
+    /// (a master key required), never fall back to the public development key.
     pub fn load(dir: Option<&Path>) -> anyhow::Result<Settings> {
         let dir = dir
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("POSTWIRE_CONFIG_DIR").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("config"));
-        let env = std::env::var("POSTWIRE_ENV").unwrap_or_else(|_| "development".to_owned());
+        let env = std::env::var("POSTWIRE_ENV").unwrap_or_else(|_| "production".to_owned());
+        Settings::load_env(Some(&dir), &env)
+    }
+
+    /// Loads the configuration of the environment `env` (the `POSTWIRE_ENV` that
+    /// [`Settings::load`] would read) from `dir` (or `./config`), with `POSTWIRE__*`
+    /// variables on top.
+    pub fn load_env(dir: Option<&Path>, env: &str) -> anyhow::Result<Settings> {
+        let dir = dir.map_or_else(|| PathBuf::from("config"), Path::to_path_buf);
+        let env = env.to_owned();
         let builder = config::Config::builder()
             .add_source(config::File::from(dir.join("default.toml")).required(true))
             .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false))
@@ -365,7 +395,7 @@ impl Settings {
                 Ok(crate::crypto::Cipher::development())
             }
             _ => anyhow::bail!(
-                "security.master_key is required when POSTWIRE_ENV={:?}: set it to 32 random bytes in base64 (e.g. `openssl rand -base64 32`)",
+                "security.master_key is required when POSTWIRE_ENV={:?} (unset means production; only development and test run without one): set it to 32 random bytes in base64 (e.g. `openssl rand -base64 32`, or POSTWIRE__SECURITY__MASTER_KEY)",
                 self.environment
             ),
         }
@@ -395,6 +425,22 @@ impl Settings {
             "retry.initial must be above zero and at most retry.max_delay"
         );
         anyhow::ensure!(
+            self.server.max_body_bytes_in_flight >= self.server.body_limit_bytes,
+            "server.max_body_bytes_in_flight must be at least server.body_limit_bytes, or the largest request could never be taken"
+        );
+        anyhow::ensure!(
+            u32::try_from(self.server.body_limit_bytes).is_ok(),
+            "server.body_limit_bytes must be under 4 GiB"
+        );
+        anyhow::ensure!(
+            self.server.max_connections > 0,
+            "server.max_connections must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.server.header_read_timeout.is_zero() && !self.server.body_read_timeout.is_zero(),
+            "server.header_read_timeout and server.body_read_timeout must be above zero"
+        );
+        anyhow::ensure!(
             self.worker.presumed_dead_after > self.worker.heartbeat_interval * 2,
             "worker.presumed_dead_after must be more than twice worker.heartbeat_interval"
         );
@@ -406,6 +452,14 @@ impl Settings {
                 conn.max_connections > 0,
                 "smtp.default.max_connections must be at least 1"
             );
+            if let Some(refusal) = crate::domain::plaintext_auth_refusal(
+                conn.security,
+                &conn.host,
+                conn.username.is_some(),
+                conn.allow_plaintext_auth,
+            ) {
+                anyhow::bail!("smtp.default: {refusal} (smtp.default.allow_plaintext_auth)");
+            }
             if let Some(from) = &conn.default_from {
                 crate::domain::Mailbox::parse(from)
                     .map_err(|e| anyhow::anyhow!("smtp.default.default_from: {e}"))?;
@@ -450,10 +504,16 @@ mod tests {
         );
     }
 
+    fn shipped(env: &str) -> anyhow::Result<Settings> {
+        Settings::load_env(
+            Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")),
+            env,
+        )
+    }
+
     #[test]
     fn debug_output_never_shows_secrets() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut settings = Settings::load(Some(&dir)).unwrap();
+        let mut settings = shipped("test").unwrap();
         settings.security.master_key = Some("bWFzdGVyLWtleS1zZWNyZXQtdmFsdWUtMzJieXRlcyE=".into());
         settings.database.url = "postgres://u:db-secret@host/db".into();
         if let Some(c) = settings.smtp.default.as_mut() {
@@ -468,9 +528,20 @@ mod tests {
     }
 
     #[test]
+    fn without_an_environment_the_process_is_production_and_needs_a_master_key() {
+        // Settings::load with POSTWIRE_ENV unset is load_env(.., "production"); the
+        // variable itself is left alone here, tests run in parallel.
+        let err = format!("{:#}", shipped("production").unwrap_err());
+        assert!(err.contains("security.master_key is required"), "{err}");
+        let err = format!("{:#}", shipped("staging").unwrap_err());
+        assert!(err.contains("security.master_key is required"), "{err}");
+        assert!(shipped("development").is_ok());
+        assert!(shipped("test").is_ok());
+    }
+
+    #[test]
     fn outside_development_a_master_key_is_required() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut settings = Settings::load(Some(&dir)).unwrap();
+        let mut settings = shipped("test").unwrap();
         settings.environment = "production".to_owned();
         settings.security.master_key = None;
         let err = settings.cipher().unwrap_err().to_string();
@@ -481,8 +552,7 @@ mod tests {
 
     #[test]
     fn the_shipped_default_configuration_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(Some(&dir)).expect("config/default.toml must load");
+        let settings = shipped("test").expect("config/default.toml must load");
         assert_eq!(settings.amqp.queue_type, QueueType::Classic);
     }
 }

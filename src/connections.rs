@@ -2,9 +2,8 @@
 //! stored in PostgreSQL (passwords decrypted here, and only here), cached briefly so
 //! the hot path does not query for every message.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -17,14 +16,16 @@ use crate::store::{ConnectionRow, Store};
 /// long an update takes to reach other processes.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
-type Cached = (Instant, Option<Arc<SmtpConnection>>);
+/// Names remembered at most (found or not). Senders choose the names they ask for, so
+/// the cache is bounded; the least used entries go first.
+pub const CACHE_CAPACITY: u64 = 10_000;
 
 /// Finds connections by name.
 pub struct Directory {
     store: Store,
     cipher: Cipher,
     configured: Option<Arc<SmtpConnection>>,
-    cache: RwLock<HashMap<String, Cached>>,
+    cache: moka::sync::Cache<String, Option<Arc<SmtpConnection>>>,
 }
 
 impl Directory {
@@ -50,6 +51,7 @@ impl Directory {
                         .context("smtp.default.default_from")?,
                     max_connections: c.max_connections,
                     max_rate_per_second: None,
+                    allow_plaintext_auth: c.allow_plaintext_auth,
                     revision: 0,
                 }))
             })
@@ -58,7 +60,10 @@ impl Directory {
             store,
             cipher,
             configured,
-            cache: RwLock::new(HashMap::new()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build(),
         })
     }
 
@@ -76,10 +81,8 @@ impl Directory {
         if let Some(c) = self.configured.as_ref().filter(|c| c.name == name) {
             return Ok(Some(c.clone()));
         }
-        if let Some((at, found)) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(found);
-            }
+        if let Some(found) = self.cache.get(name) {
+            return Ok(found);
         }
         let found = match self
             .store
@@ -90,17 +93,14 @@ impl Directory {
             Some(row) => Some(Arc::new(self.from_row(&row)?)),
             None => None,
         };
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(name.to_owned(), (Instant::now(), found.clone()));
-        }
+        self.cache.insert(name.to_owned(), found.clone());
+        crate::metrics::cache_entries("connections", self.cache.entry_count());
         Ok(found)
     }
 
     /// Drops a cached entry (after this process changed the connection).
     pub fn forget(&self, name: &str) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.remove(name);
-        }
+        self.cache.invalidate(name);
     }
 
     /// A stored row as a usable connection, its password decrypted.
@@ -109,9 +109,12 @@ impl Directory {
             .password_enc
             .as_deref()
             .map(|sealed| {
-                let clear = self.cipher.decrypt(sealed).with_context(|| {
-                    format!("decrypting the password of connection {:?}", row.name)
-                })?;
+                let clear = self
+                    .cipher
+                    .decrypt(sealed, row.id.as_bytes())
+                    .with_context(|| {
+                        format!("decrypting the password of connection {:?}", row.name)
+                    })?;
                 String::from_utf8(clear).context("the decrypted password is not UTF-8")
             })
             .transpose()?
@@ -131,12 +134,14 @@ impl Directory {
                 .context("stored default_from")?,
             max_connections: u16::try_from(row.max_connections).unwrap_or(u16::MAX),
             max_rate_per_second: row.max_rate_per_second.and_then(|r| u32::try_from(r).ok()),
+            allow_plaintext_auth: row.allow_plaintext_auth,
             revision: row.updated_at.timestamp_micros(),
         })
     }
 }
 
-fn parse_security(s: &str) -> anyhow::Result<Security> {
+/// The security mode of its stored form.
+pub fn parse_security(s: &str) -> anyhow::Result<Security> {
     Ok(match s {
         "starttls" => Security::Starttls,
         "tls" => Security::Tls,

@@ -84,3 +84,20 @@ pub fn pool_sessions(connection: &str, busy: usize, idle: usize) {
 pub fn queue_depth(queue: &str, messages: u32) {
     gauge!("postwire_queue_messages", "queue" => queue.to_owned()).set(f64::from(messages));
 }
+
+/// Open HTTP connections of this API process.
+pub fn http_connections(delta: f64) {
+    gauge!("postwire_http_connections").increment(delta);
+}
+
+/// A request or connection refused to keep the process within its limits: `connections`
+/// (server.max_connections), `body_budget` (server.max_body_bytes_in_flight) or
+/// `body_timeout` (server.body_read_timeout).
+pub fn http_refused(reason: &'static str) {
+    counter!("postwire_http_refused_total", "reason" => reason).increment(1);
+}
+
+/// Entries of an in-process cache keyed by client input (`api_keys`, `connections`).
+pub fn cache_entries(cache: &'static str, entries: u64) {
+    gauge!("postwire_cache_entries", "cache" => cache).set(entries as f64);
+}

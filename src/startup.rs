@@ -126,22 +126,13 @@ impl Application {
                 self.settings.outbox.clone(),
                 shutdown.clone(),
             ));
-            let grace = self.settings.server.shutdown_timeout;
+            let server = self.settings.server.clone();
             let token = shutdown.clone();
             tracing::info!(address = %listener.local_addr()?, "API listening");
             tasks.spawn(async move {
-                let stop = token.clone();
-                let serve = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                let result = tokio::select! {
-                    r = serve => r.context("HTTP server"),
-                    () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-                        tracing::warn!("HTTP requests still running after server.shutdown_timeout; closing");
-                        Ok(())
-                    }
-                };
+                api::server::serve(listener, router, &server, token).await;
                 publisher.close().await;
-                result
+                Ok(())
             });
         }
         if let Some(worker) = self.worker {

@@ -2,9 +2,7 @@
 //! document stay open; everything else needs a key (`Authorization: Bearer pw_...` or
 //! `X-API-Key: pw_...`) with the route's scope.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -15,45 +13,40 @@ use super::{ApiError, AppState};
 use crate::keys::{self, Principal, Scope};
 use crate::store::{ApiKeyRow, Store};
 
-/// Verified keys, reused for a short time so that a send does not pay a key lookup.
-/// Revoking a key takes effect within `security.api_key_cache`.
+/// Looked-up keys (found or not), reused for a short time so that a send does not pay
+/// a key lookup. Revoking a key takes effect within `security.api_key_cache`. Bounded:
+/// whoever sends random tokens chooses the cache keys, so the least used entries go
+/// first beyond [`KEY_CACHE_CAPACITY`].
 pub struct KeyCache {
-    ttl: Duration,
-    entries: RwLock<HashMap<String, (Instant, Option<ApiKeyRow>)>>,
+    entries: Option<moka::sync::Cache<String, Option<ApiKeyRow>>>,
 }
+
+/// Keys remembered at most.
+pub const KEY_CACHE_CAPACITY: u64 = 10_000;
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> KeyCache {
         KeyCache {
-            ttl,
-            entries: RwLock::new(HashMap::new()),
+            entries: (!ttl.is_zero()).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(KEY_CACHE_CAPACITY)
+                    .time_to_live(ttl)
+                    .build()
+            }),
         }
     }
 
     async fn find(&self, store: &Store, lookup: &str) -> Result<Option<ApiKeyRow>, ApiError> {
-        if !self.ttl.is_zero() {
-            if let Some((at, row)) = self
-                .entries
-                .read()
-                .ok()
-                .and_then(|e| e.get(lookup).cloned())
-            {
-                if at.elapsed() < self.ttl {
-                    return Ok(row);
-                }
-            }
+        if let Some(row) = self.entries.as_ref().and_then(|e| e.get(lookup)) {
+            return Ok(row);
         }
         let row = store
             .find_api_key(lookup)
             .await
             .map_err(ApiError::database)?;
-        if !self.ttl.is_zero() {
-            if let Ok(mut entries) = self.entries.write() {
-                if entries.len() > 10_000 {
-                    entries.clear();
-                }
-                entries.insert(lookup.to_owned(), (Instant::now(), row.clone()));
-            }
+        if let Some(entries) = &self.entries {
+            entries.insert(lookup.to_owned(), row.clone());
+            crate::metrics::cache_entries("api_keys", entries.entry_count());
         }
         Ok(row)
     }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
 use crate::connections::security_str;
-use crate::domain::{parse_connection_name, FieldError, Mailbox, Security};
+use crate::domain::{parse_connection_name, plaintext_auth_refusal, FieldError, Mailbox, Security};
 use crate::store::{ConnectionRow, DeleteConnection};
 
 /// `POST /v1/connections` body.
@@ -36,13 +36,12 @@ pub struct NewConnection {
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     pub security: Security,
-    /// Non-empty text without control characters.
+    /// Text without control characters. Absent, `null` or `""`: no AUTH.
     #[schema(
-        min_length = 1,
-        pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]+$"
+        pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
     )]
     pub username: Option<String>,
-    /// Write-only: encrypted at rest, never returned.
+    /// Write-only: encrypted at rest, never returned. Absent, `null` or `""`: none.
     #[schema(write_only)]
     pub password: Option<String>,
     /// The sender used when a send has no `From`.
@@ -54,6 +53,10 @@ pub struct NewConnection {
     /// limit.
     #[schema(minimum = 1)]
     pub max_rate_per_second: Option<u32>,
+    /// Allow AUTH over `security: none` to a host other than loopback (the password
+    /// then crosses the network in clear text). Default false.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
 }
 
 /// `PATCH /v1/connections/{name}` body: absent fields are kept; `null` clears an
@@ -67,11 +70,13 @@ pub struct ConnectionPatch {
     #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<u16>,
     pub security: Option<Security>,
-    /// `null` removes it.
+    /// `null` or `""` removes it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]+$")]
+    #[schema(value_type = Option<String>, pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$")]
     pub username: Option<Option<String>>,
-    /// Write-only; `null` removes it.
+    /// Write-only; `null` or `""` removes it. A PATCH that changes `host`, `port` or
+    /// `security` without a new password clears the stored one (the answer says
+    /// `password_cleared`): stored credentials only ever go where they were stored for.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, write_only)]
     pub password: Option<Option<String>>,
@@ -86,6 +91,8 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1)]
     pub max_rate_per_second: Option<Option<u32>>,
+    /// See [`NewConnection::allow_plaintext_auth`].
+    pub allow_plaintext_auth: Option<bool>,
 }
 
 impl super::RequestBody for NewConnection {
@@ -119,8 +126,15 @@ pub struct ConnectionView {
     pub default_from: Option<String>,
     pub max_connections: i32,
     pub max_rate_per_second: Option<i32>,
+    /// AUTH may go over `security: none` to a host other than loopback.
+    pub allow_plaintext_auth: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// True only in the answer to a PATCH that changed `host`, `port` or `security`
+    /// without a new `password`: the stored password was cleared, because it was
+    /// stored for the old destination. Send `password` again to set it.
+    #[serde(default)]
+    pub password_cleared: bool,
 }
 
 impl From<&ConnectionRow> for ConnectionView {
@@ -135,8 +149,10 @@ impl From<&ConnectionRow> for ConnectionView {
             default_from: c.default_from.clone(),
             max_connections: c.max_connections,
             max_rate_per_second: c.max_rate_per_second,
+            allow_plaintext_auth: c.allow_plaintext_auth,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            password_cleared: false,
         }
     }
 }
@@ -194,6 +210,7 @@ pub async fn create(
         default_from: None,
         max_connections: 8,
         max_rate_per_second: None,
+        allow_plaintext_auth: false,
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
@@ -206,6 +223,7 @@ pub async fn create(
         default_from: Some(new.default_from),
         max_connections: Some(new.max_connections.unwrap_or(8)),
         max_rate_per_second: Some(new.max_rate_per_second),
+        allow_plaintext_auth: Some(new.allow_plaintext_auth),
     };
     apply(&state, &mut row, patch, &mut errors);
     if !errors.is_empty() {
@@ -240,12 +258,20 @@ pub async fn create(
 }
 
 /// Validates a patch into `row`, encrypting a new password.
+/// Applies a patch (or a new connection, as a patch of an empty row), collecting
+/// every invalid field. Returns true when the stored password was cleared because
+/// the connection now points elsewhere.
 fn apply(
     state: &AppState,
     row: &mut ConnectionRow,
     patch: ConnectionPatch,
     errors: &mut Vec<FieldError>,
-) {
+) -> bool {
+    let destination = (
+        row.host.to_ascii_lowercase(),
+        row.port,
+        row.security.clone(),
+    );
     if let Some(host) = patch.host {
         let ok = !host.is_empty()
             && host.len() <= 253
@@ -270,22 +296,47 @@ fn apply(
     if let Some(security) = patch.security {
         row.security = security_str(security).to_owned();
     }
-    if let Some(username) = patch.username {
+    // Forms send empty strings for fields left blank: no user name, no password.
+    let blank_is_none = |v: Option<String>| v.filter(|v| !v.is_empty());
+    if let Some(username) = patch.username.map(blank_is_none) {
         if let Some(u) = &username {
-            if crate::domain::check_header_text(u).is_err() || u.is_empty() {
+            if crate::domain::check_header_text_max(u, 255).is_err() {
                 errors.push(FieldError::new(
                     "username",
-                    "must be non-empty text without control characters",
+                    "must be at most 255 bytes of text without control characters",
                 ));
             }
         }
         row.username = username;
     }
-    if let Some(password) = patch.password {
-        row.password_enc = password.map(|p| state.connections.cipher().encrypt(p.as_bytes()));
+    let moved = (
+        row.host.to_ascii_lowercase(),
+        row.port,
+        row.security.clone(),
+    ) != destination;
+    let mut cleared = false;
+    match patch.password.map(blank_is_none) {
+        Some(password) => {
+            if password.as_ref().is_some_and(|p| p.len() > 1024) {
+                errors.push(FieldError::new("password", "must be at most 1024 bytes"));
+            }
+            row.password_enc = password.map(|p| {
+                state
+                    .connections
+                    .cipher()
+                    .encrypt(p.as_bytes(), row.id.as_bytes())
+            });
+        }
+        // A password stored for one server is never sent to another: whoever can
+        // change the host could otherwise read it off the wire there.
+        None if moved && row.password_enc.is_some() => {
+            row.password_enc = None;
+            cleared = true;
+        }
+        None => {}
     }
     if let Some(default_from) = patch.default_from {
-        row.default_from = match default_from {
+        row.default_from = match default_from.filter(|f| !f.trim().is_empty()) {
             Some(f) => match Mailbox::parse(&f) {
                 Ok(m) => Some(m.to_display()),
                 Err(e) => {
@@ -311,9 +362,25 @@ fn apply(
         }
         row.max_rate_per_second = rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
     }
+    if let Some(allow) = patch.allow_plaintext_auth {
+        row.allow_plaintext_auth = allow;
+    }
+    if let Ok(security) = crate::connections::parse_security(&row.security) {
+        if let Some(refusal) = plaintext_auth_refusal(
+            security,
+            &row.host,
+            row.username.is_some(),
+            row.allow_plaintext_auth,
+        ) {
+            errors.push(FieldError::new("security", refusal));
+        }
+    }
+    cleared
 }
 
 async fn load(state: &AppState, name: &str) -> Result<ConnectionRow, ApiError> {
+    // A name that cannot exist is not looked up.
+    parse_connection_name(name).map_err(|_| ApiError::no_connection(name, None))?;
     state
         .store
         .get_connection(name)
@@ -427,7 +494,7 @@ pub async fn update(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let mut row = load(&state, &name).await?;
     let mut errors = Vec::new();
-    apply(&state, &mut row, patch, &mut errors);
+    let password_cleared = apply(&state, &mut row, patch, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Invalid {
             status: StatusCode::BAD_REQUEST,
@@ -440,8 +507,10 @@ pub async fn update(
         .await
         .map_err(ApiError::database)?;
     state.connections.forget(&name);
-    tracing::info!(connection = %name, "connection updated");
-    Ok(Json(ConnectionView::from(&load(&state, &name).await?)))
+    tracing::info!(connection = %name, password_cleared, "connection updated");
+    let mut view = ConnectionView::from(&load(&state, &name).await?);
+    view.password_cleared = password_cleared;
+    Ok(Json(view))
 }
 
 /// `?force=true` deletes even with messages waiting.
@@ -485,6 +554,7 @@ pub async fn delete(
     Path(name): Path<String>,
     super::Query(query): super::Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
+    parse_connection_name(&name).map_err(|_| ApiError::no_connection(&name, None))?;
     match state
         .store
         .delete_connection(&name, query.force)
@@ -534,6 +604,7 @@ pub async fn verify(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<crate::smtp::VerifyReport>, ApiError> {
+    parse_connection_name(&name).map_err(|_| ApiError::no_connection(&name, None))?;
     let connection = state
         .connections
         .get(&name)

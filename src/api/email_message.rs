@@ -259,6 +259,18 @@ impl Errors {
 }
 
 impl EmailMessage {
+    /// Bytes of content (body and attachment data) as they arrived: how much work
+    /// validating and rendering this message is.
+    pub fn content_len(&self) -> usize {
+        let attachments: usize = self
+            .attachments
+            .iter()
+            .flatten()
+            .map(|a| a.content_data.as_ref().map_or(0, String::len))
+            .sum();
+        self.body.as_ref().map_or(0, String::len) + attachments
+    }
+
     /// Turns the request into a validated message, reporting every bad field at once.
     /// Size limits give 413, anything else 400.
     pub fn into_domain(self, limits: &Limits) -> Result<NewMessage, ApiError> {
@@ -329,7 +341,7 @@ impl EmailMessage {
             .unwrap_or_default();
         let mut headers = Vec::new();
         for (name, value) in self.headers.unwrap_or_default() {
-            let field = format!("Headers.{name}");
+            let field = format!("Headers.{}", printable(&name));
             if let Some(header) = errors.check(&field, CustomHeader::parse(&name, &value)) {
                 headers.push(header);
             }
@@ -348,11 +360,10 @@ impl EmailMessage {
             ));
         }
         for (k, v) in &metadata {
-            if k.is_empty() || k.len() > 64 || v.len() > 1024 {
-                errors.list.push(FieldError::new(
-                    format!("Metadata.{k}"),
-                    "keys are 1-64 bytes, values at most 1024 bytes",
-                ));
+            if let Err(e) = check_metadata(k, v) {
+                errors
+                    .list
+                    .push(FieldError::new(format!("Metadata.{}", printable(k)), e));
             }
         }
         let connection = self.connection.filter(|c| !c.trim().is_empty());
@@ -370,6 +381,34 @@ impl EmailMessage {
             metadata,
         })
     }
+}
+
+/// A client-chosen key as it can appear in a field path: control characters shown as
+/// `\u{..}` escapes, so that a problem document never carries them.
+fn printable(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A metadata entry: the key 1-64 bytes of printable text, the value at most 1024
+/// bytes without NUL (PostgreSQL's jsonb refuses `\u0000`, and one refused value must
+/// not fail the other messages written with it).
+fn check_metadata(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 64 || value.len() > 1024 {
+        return Err("keys are 1-64 bytes, values at most 1024 bytes".to_owned());
+    }
+    crate::domain::check_header_text(key).map_err(|e| format!("the key {e}"))?;
+    if value.contains('\0') {
+        return Err("the value must not contain NUL".to_owned());
+    }
+    Ok(())
 }
 
 fn parse_attachment(

@@ -47,6 +47,12 @@ pub enum ApiError {
     /// A dependency (PostgreSQL) is unreachable: nothing was accepted, try again.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// This process is at one of its limits (bodies in flight): try again shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// The request body did not arrive in time (408); the connection is closed.
+    #[error("the request body did not arrive within {0:?} (server.body_read_timeout)")]
+    RequestTimeout(std::time::Duration),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -91,7 +97,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +120,8 @@ impl ApiError {
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency-Key reused"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
+            ApiError::Busy(_) => ("busy", "Server busy"),
+            ApiError::RequestTimeout(_) => ("timeout", "Request timeout"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
     }
@@ -131,7 +140,7 @@ impl ApiError {
 pub struct Problem {
     /// `urn:postwire:problem:<kind>`: validation, malformed, too-large,
     /// unsupported-media-type, not-found, conflict, unauthorized, forbidden,
-    /// idempotency-key-reused, unavailable or internal.
+    /// idempotency-key-reused, unavailable, busy, timeout or internal.
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:postwire:problem:[a-z-]+$")]
     pub kind: String,
@@ -199,8 +208,17 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"postwire\""),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RequestTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::domain::{Mailbox, RecipientResult, SmtpReply, Status};
+use crate::domain::{parse_connection_name, Mailbox, RecipientResult, SmtpReply, Status};
 use crate::store::{Cancel, EventRecord, ListFilter, MessageRecord};
 
 /// A message as `GET /v1/messages/{id}` shows it.
@@ -329,7 +329,10 @@ pub async fn list(
                     .map_err(|e| ApiError::field("status", e))
             })
             .transpose()?,
-        connection: q.connection,
+        connection: q
+            .connection
+            .map(|c| parse_connection_name(&c).map_err(|e| ApiError::field("connection", e)))
+            .transpose()?,
         since: time("since", q.since)?,
         until: time("until", q.until)?,
         before: q

@@ -5,11 +5,13 @@ pub mod connections;
 pub mod email_message;
 mod error;
 mod health;
+mod inflight;
 pub mod messages;
 mod negotiate;
 pub mod openapi;
 mod payload;
 pub mod send;
+pub mod server;
 
 pub use error::{ApiError, Problem};
 pub use payload::{Payload, Query, RequestBody};
@@ -26,7 +28,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::connections::Directory;
-use crate::domain::Mailbox;
+use crate::domain::{parse_connection_name, Mailbox};
 use crate::keys::Principal;
 use crate::queue::Publisher;
 use crate::store::Store;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub(crate) commits: send::Commits,
     pub connections: Arc<Directory>,
     pub keys: Arc<auth::KeyCache>,
+    /// Bytes of request bodies in flight, all requests together.
+    body_budget: Arc<inflight::BodyBudget>,
     pub settings: Arc<Settings>,
 }
 
@@ -56,6 +60,9 @@ impl AppState {
             published: crate::outbox::PublishedMarks::start(store.clone()),
             commits: send::commits(store.clone()),
             keys: Arc::new(auth::KeyCache::new(settings.security.api_key_cache)),
+            body_budget: Arc::new(inflight::BodyBudget::new(
+                settings.server.max_body_bytes_in_flight,
+            )),
             store,
             publisher,
             connections,
@@ -88,12 +95,15 @@ impl AppState {
                     "is required: no default SMTP connection is configured",
                 )
             })?;
+        // Checked before any lookup: a name that cannot exist costs no query and no
+        // cache entry.
+        let name = parse_connection_name(name).map_err(|e| ApiError::field("connection", e))?;
         let connection = self
             .connections
-            .get(name)
+            .get(&name)
             .await
             .map_err(ApiError::Internal)?
-            .ok_or_else(|| ApiError::no_connection(name, Some("connection")))?;
+            .ok_or_else(|| ApiError::no_connection(&name, Some("connection")))?;
         Ok(SendConnection {
             name: connection.name.clone(),
             default_from: connection.default_from.clone(),
@@ -158,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages", post(send::send))
         .route("/v1/messages/batch", post(send::send_batch))
         .route("/v1/messages/{id}/cancel", post(messages::cancel))
+        .route_layer(from_fn_with_state(state.clone(), inflight::read_body))
         .route_layer(from_fn_with_state(state.clone(), auth::require_send));
     let read = Router::new()
         .route("/v1/messages", get(messages::list))
@@ -176,6 +187,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(connections::delete),
         )
         .route("/v1/connections/{name}/verify", post(connections::verify))
+        .route_layer(from_fn_with_state(state.clone(), inflight::read_body))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .merge(send)

@@ -10,8 +10,12 @@ use sha2::Digest;
 
 use super::ApiError;
 
+/// Bodies (and message contents) larger than this are parsed, validated and rendered
+/// on the blocking pool rather than on an async worker thread.
+pub(crate) const LARGE_BODY: usize = 64 * 1024;
+
 /// A request body type, and the shape it takes in XML.
-pub trait RequestBody: DeserializeOwned {
+pub trait RequestBody: DeserializeOwned + Send + 'static {
     /// The XML form, turned into `Self` after parsing.
     type Xml: DeserializeOwned + Into<Self>;
 }
@@ -58,13 +62,23 @@ where
                 },
             }
         })?;
-        let digest = sha2::Sha256::digest(&bytes).into();
-        let value = if xml {
-            parse_xml::<T::Xml>(&bytes)?.into()
-        } else {
-            parse_json(&bytes)?
+        let bytes_len = bytes.len();
+        let parse = move || -> Result<Payload<T>, ApiError> {
+            let digest = sha2::Sha256::digest(&bytes).into();
+            let value = if xml {
+                parse_xml::<T::Xml>(&bytes)?.into()
+            } else {
+                parse_json(&bytes)?
+            };
+            Ok(Payload(value, digest))
         };
-        Ok(Payload(value, digest))
+        if bytes_len > LARGE_BODY {
+            tokio::task::spawn_blocking(parse)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?
+        } else {
+            parse()
+        }
     }
 }
 

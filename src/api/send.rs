@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::email_message::{EmailMessage, EmailMessageXml};
+use super::payload::LARGE_BODY;
 use super::{ApiError, AppState, Payload, RequestBody};
-use crate::batcher::{self, Batcher, DbResult};
+use crate::batcher::{self, BatchLimits, Batcher, DbResult};
 use crate::domain::{FieldError, Mailbox, NewMessage, Status};
 use crate::keys::Principal;
 use crate::mime::Rendered;
@@ -239,29 +240,54 @@ fn rows<'a>(prepared: impl IntoIterator<Item = &'a Prepared>) -> Vec<NewMessageR
 /// Commits of concurrent single sends without an idempotency key, written together:
 /// the messages of every request waiting when a writer is free go into one INSERT and
 /// one commit. Batch requests commit on their own: they are batched already, and
-/// joining several would make statements (and connection buffers) of many megabytes.
-/// A failure fails every request of that batch alike (none of them is committed),
-/// which is what a per-request commit would have done under the same fault.
+/// joining several would make statements (and connection buffers) of many megabytes;
+/// for the same reason a group is capped in bytes as well as in count. A group the
+/// database refuses is written again request by request, so that one bad request
+/// never fails the others; an unreachable database fails them all alike (none of them
+/// is committed), which is what a per-request commit would have done.
 pub(crate) type Commits = Batcher<Arc<Vec<Prepared>>, DbResult<()>>;
 
-/// Requests written together at most, and batches written at once.
-const COMMIT_BATCH: usize = 128;
+/// Requests written together at most, their rendered bytes at most, and batches
+/// written at once.
+const COMMIT_BATCH: BatchLimits = BatchLimits {
+    count: 128,
+    weight: 8 * 1024 * 1024,
+};
 const COMMIT_WRITERS: usize = 4;
 
 /// Starts the group-commit writer of the send endpoints.
 pub(crate) fn commits(store: Store) -> Commits {
-    Batcher::start(
+    Batcher::start_weighted(
         COMMIT_BATCH,
+        |request: &Arc<Vec<Prepared>>| request.iter().map(|p| p.rendered.raw.len()).sum(),
         COMMIT_WRITERS,
         move |requests: Vec<Arc<Vec<Prepared>>>| {
             let store = store.clone();
-            async move {
-                let rows = rows(requests.iter().flat_map(|r| r.iter()));
-                let result = store.accept(&rows, None).await;
-                batcher::each(result.map(|_| vec![(); requests.len()]), requests.len())
-            }
+            batcher::write_or_isolate(requests, move |group| {
+                let store = store.clone();
+                async move {
+                    let rows = rows(group.iter().flat_map(|r| r.iter()));
+                    store.accept(&rows, None).await.map(|_| ())
+                }
+            })
         },
     )
+}
+
+/// Runs `work` on the blocking pool when `large`: parsing, decoding and encoding
+/// megabytes would stall an async worker thread, and with it every other request
+/// that thread serves.
+async fn off_runtime<T: Send + 'static>(
+    large: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if large {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
+    } else {
+        Ok(work())
+    }
 }
 
 /// Validates and renders one message.
@@ -270,7 +296,9 @@ async fn prepare(
     principal: &Principal,
     request: EmailMessage,
 ) -> Result<Prepared, ApiError> {
-    let message = request.into_domain(&state.settings.limits)?;
+    let large = request.content_len() > LARGE_BODY;
+    let limits = state.settings.limits.clone();
+    let message = off_runtime(large, move || request.into_domain(&limits)).await??;
     let connection = state
         .connection(message.connection.as_deref(), principal)
         .await?;
@@ -289,7 +317,7 @@ async fn prepare(
     };
     let id = Uuid::now_v7();
     let from_addr = from.to_display();
-    let (message, rendered) = render(state, id, message, from).await?;
+    let (message, rendered) = render(state, id, message, from, large).await?;
     Ok(Prepared {
         id,
         connection: connection.name,
@@ -392,36 +420,30 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// Renders the MIME message and checks its final size. Large messages are encoded on
-/// the blocking pool: base64 of megabytes would stall the async worker thread.
+/// Renders the MIME message (on the blocking pool when `large`) and checks its final
+/// size. The content leaves the returned message: from here on only the rendered
+/// bytes are needed, and a 20 MB attachment should not be held twice.
 async fn render(
     state: &AppState,
     id: Uuid,
-    message: NewMessage,
+    mut message: NewMessage,
     from: Mailbox,
+    large: bool,
 ) -> Result<(NewMessage, crate::mime::Rendered), ApiError> {
     let domain = state.settings.smtp.message_id_domain.clone();
-    let large = message
-        .attachments
-        .iter()
-        .map(|a| a.data.len())
-        .sum::<usize>()
-        > 256 * 1024;
-    let work = move || {
+    let (message, rendered) = off_runtime(large, move || {
         let rendered = crate::mime::render(id, &message, &from, &domain);
+        message.attachments = Vec::new();
+        message.body = Default::default();
         (message, rendered)
-    };
-    let (message, rendered) = if large {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?
-    } else {
-        work()
-    };
+    })
+    .await?;
     let rendered = rendered.map_err(|e| match e {
         crate::mime::RenderError::Address { field, .. } => ApiError::field(field, e),
         crate::mime::RenderError::Header(_) => ApiError::field("Headers", e),
-        other => ApiError::Internal(other.into()),
+        other => {
+            ApiError::Internal(anyhow::Error::new(other).context(format!("rendering message {id}")))
+        }
     })?;
     let limit = state.settings.limits.max_message_bytes;
     if rendered.raw.len() > limit {

@@ -3,11 +3,13 @@
 
 use std::fmt;
 
-use super::text::{check_header_text, is_invisible};
+use super::text::{check_header_text_max, is_invisible};
 
 const MAX_LOCAL_PART: usize = 64;
 const MAX_DOMAIN: usize = 253;
 const MAX_LABEL: usize = 63;
+/// Longest display name, in bytes.
+const MAX_NAME: usize = 256;
 
 /// Why an address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,7 +169,7 @@ impl Mailbox {
         }
         let address = EmailAddress::parse(rest[..close].trim())?;
         let name = unquote_name(s[..open].trim());
-        check_header_text(&name).map_err(AddressError::BadName)?;
+        check_header_text_max(&name, MAX_NAME).map_err(AddressError::BadName)?;
         Ok(Mailbox {
             name: (!name.is_empty()).then_some(name),
             address,

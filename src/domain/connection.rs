@@ -49,6 +49,31 @@ pub fn parse_connection_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// True for `localhost` and loopback IP addresses: a session to them never leaves the
+/// machine.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why credentials must not be used with these settings: AUTH in clear text over the
+/// network, unless allowed.
+pub fn plaintext_auth_refusal(
+    security: Security,
+    host: &str,
+    has_credentials: bool,
+    allowed: bool,
+) -> Option<String> {
+    (security == Security::None && has_credentials && !allowed && !is_loopback_host(host)).then(|| {
+        format!(
+            "credentials would be sent in clear text to {host:?} (security \"none\"): use starttls or tls, or set allow_plaintext_auth to true"
+        )
+    })
+}
+
 /// A reusable SMTP connection: where and how to deliver, and as whom.
 #[derive(Debug, Clone)]
 pub struct SmtpConnection {
@@ -63,6 +88,54 @@ pub struct SmtpConnection {
     pub max_connections: u16,
     /// Messages per second per worker process; `None` for no limit.
     pub max_rate_per_second: Option<u32>,
+    /// AUTH may go over an unencrypted session (`security: none`) to a host other than
+    /// loopback. Off unless the operator says so: the password would cross the network
+    /// in clear text.
+    pub allow_plaintext_auth: bool,
     /// Changes whenever the connection is updated, so pools can be rebuilt.
     pub revision: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_take_plaintext_credentials_by_default() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+            assert_eq!(
+                plaintext_auth_refusal(Security::None, host, true, false),
+                None
+            );
+        }
+        for host in [
+            "smtp.example.com",
+            "10.0.0.1",
+            "localhost.evil.com",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+            assert!(plaintext_auth_refusal(Security::None, host, true, false).is_some());
+            assert_eq!(
+                plaintext_auth_refusal(Security::None, host, true, true),
+                None
+            );
+            assert_eq!(
+                plaintext_auth_refusal(Security::None, host, false, false),
+                None
+            );
+            assert_eq!(
+                plaintext_auth_refusal(Security::Starttls, host, true, false),
+                None
+            );
+        }
+    }
 }

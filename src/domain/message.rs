@@ -2,7 +2,15 @@
 
 use base64::Engine;
 
-use super::text::{check_header_text, HeaderTextError};
+use super::text::{check_header_text, check_header_text_max, HeaderTextError};
+
+/// Longest Subject, in bytes: far beyond any real one, short enough that listings and
+/// headers stay cheap.
+pub const MAX_SUBJECT: usize = 4000;
+
+/// Longest attachment `ContentType`, in bytes (RFC 4288 names are at most 127 per
+/// part; the rest is room for parameters). A header line must stay under 998 octets.
+const MAX_CONTENT_TYPE: usize = 255;
 use super::{Importance, Mailbox};
 
 /// A subject line: any UTF-8 text that cannot break out of its header.
@@ -11,7 +19,7 @@ pub struct Subject(String);
 
 impl Subject {
     pub fn parse(s: &str) -> Result<Subject, HeaderTextError> {
-        check_header_text(s)?;
+        check_header_text_max(s, MAX_SUBJECT)?;
         Ok(Subject(s.to_owned()))
     }
 
@@ -138,7 +146,7 @@ impl Attachment {
 
     /// Parses a MIME type such as `image/png` or `text/plain; charset=utf-8`.
     pub fn parse_content_type(s: &str) -> Result<lettre::message::header::ContentType, String> {
-        check_header_text(s).map_err(|e| e.to_string())?;
+        check_header_text_max(s, MAX_CONTENT_TYPE).map_err(|e| e.to_string())?;
         lettre::message::header::ContentType::parse(s.trim())
             .map_err(|_| format!("{s:?} is not a MIME type (expected type/subtype)"))
     }

@@ -9,13 +9,16 @@ mod message;
 mod text;
 
 pub use address::{parse_mailbox_list, AddressError, EmailAddress, Mailbox};
-pub use connection::{parse_connection_name, Secret, Security, SmtpConnection};
+pub use connection::{
+    is_loopback_host, parse_connection_name, plaintext_auth_refusal, Secret, Security,
+    SmtpConnection,
+};
 pub use delivery::{RecipientResult, SmtpReply, Status};
 pub use importance::Importance;
 pub use message::{
-    Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding,
+    Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding, MAX_SUBJECT,
 };
-pub use text::{check_header_text, HeaderTextError};
+pub use text::{check_header_text, check_header_text_max, HeaderTextError};
 
 /// One problem with one input field, as reported to the client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

@@ -11,6 +11,8 @@ pub enum HeaderTextError {
     Control,
     #[error("must not contain invisible formatting characters (U+{0:04X})")]
     Invisible(u32),
+    #[error("must be at most {0} bytes")]
+    TooLong(usize),
 }
 
 /// Accepts text that is safe in a header value: no CR, LF, NUL or other control
@@ -28,6 +30,14 @@ pub fn check_header_text(text: &str) -> Result<(), HeaderTextError> {
         }
     }
     Ok(())
+}
+
+/// [`check_header_text`], and at most `max` bytes long.
+pub fn check_header_text_max(text: &str, max: usize) -> Result<(), HeaderTextError> {
+    if text.len() > max {
+        return Err(HeaderTextError::TooLong(max));
+    }
+    check_header_text(text)
 }
 
 /// Zero-width and bidirectional-override characters: they make an address or name look

@@ -27,6 +27,8 @@ pub struct Target {
     pub port: u16,
     pub security: Security,
     pub credentials: Option<Credentials>,
+    /// Credentials may go over an unencrypted session to a host other than loopback.
+    pub allow_plaintext_auth: bool,
     pub hello_name: ClientId,
     /// Certificate authorities trusted besides the system's (PEM).
     pub extra_roots: Arc<[String]>,
@@ -57,6 +59,7 @@ impl Target {
                 let password = c.password.as_ref().map(|p| p.expose().to_owned());
                 Credentials::new(u.clone(), password.unwrap_or_default())
             }),
+            allow_plaintext_auth: c.allow_plaintext_auth,
             hello_name: hello_name
                 .map(|h| ClientId::Domain(h.to_owned()))
                 .unwrap_or_default(),
@@ -291,6 +294,10 @@ impl Pool {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // Checked on the address actually connected to, whatever the host name
+        // resolved to: credentials never cross the network in clear text unless the
+        // connection allows it.
+        let peer_is_loopback = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
         let stream: Box<dyn AsyncTokioStream> = match t.security {
             Security::Tls => {
                 let handshake = tls::connect_implicit(tcp, &t.host, &t.extra_roots);
@@ -351,6 +358,17 @@ impl Pool {
             }
         }
         if let Some(credentials) = &t.credentials {
+            if t.security == Security::None && !t.allow_plaintext_auth && !peer_is_loopback {
+                conn.abort().await;
+                return Err(Delivery::Paused {
+                    reply: None,
+                    error: format!(
+                        "AUTH: refusing to send credentials in clear text to {}:{} (security none, not loopback); use starttls or tls, or set allow_plaintext_auth",
+                        t.host, t.port
+                    ),
+                    resume_in: Duration::ZERO,
+                });
+            }
             let mechanisms = [Mechanism::Plain, Mechanism::Login];
             match tokio::time::timeout(
                 self.timeouts.command * 2,

@@ -20,6 +20,8 @@ pub struct ConnectionRow {
     pub default_from: Option<String>,
     pub max_connections: i32,
     pub max_rate_per_second: Option<i32>,
+    /// AUTH may go over an unencrypted session to a host other than loopback.
+    pub allow_plaintext_auth: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -47,15 +49,15 @@ pub enum DeleteConnection {
 }
 
 const COLUMNS: &str = "id, name, host, port, security, username, password_enc, default_from, \
-     max_connections, max_rate_per_second, created_at, updated_at";
+     max_connections, max_rate_per_second, allow_plaintext_auth, created_at, updated_at";
 
 impl Store {
     /// Creates a connection; `false` when the name is taken.
     pub async fn insert_connection(&self, c: &ConnectionRow) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO smtp_connections (id, name, host, port, security, username, password_enc,
-                 default_from, max_connections, max_rate_per_second)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 default_from, max_connections, max_rate_per_second, allow_plaintext_auth)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(c.id)
@@ -68,6 +70,7 @@ impl Store {
         .bind(&c.default_from)
         .bind(c.max_connections)
         .bind(c.max_rate_per_second)
+        .bind(c.allow_plaintext_auth)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -80,7 +83,7 @@ impl Store {
             "UPDATE smtp_connections
                 SET host = $2, port = $3, security = $4, username = $5, password_enc = $6,
                     default_from = $7, max_connections = $8, max_rate_per_second = $9,
-                    updated_at = clock_timestamp()
+                    allow_plaintext_auth = $10, updated_at = clock_timestamp()
               WHERE name = $1",
         )
         .bind(&c.name)
@@ -92,6 +95,7 @@ impl Store {
         .bind(&c.default_from)
         .bind(c.max_connections)
         .bind(c.max_rate_per_second)
+        .bind(c.allow_plaintext_auth)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -155,10 +159,11 @@ impl Store {
         Ok(DeleteConnection::Deleted)
     }
 
-    /// Re-encrypts every stored password with `reencrypt` (master key rotation).
+    /// Re-encrypts every stored password with `reencrypt`, given the connection's id
+    /// and the stored value (master key rotation, format upgrade).
     pub async fn reencrypt_passwords(
         &self,
-        reencrypt: impl Fn(&[u8]) -> anyhow::Result<Option<Vec<u8>>>,
+        reencrypt: impl Fn(Uuid, &[u8]) -> anyhow::Result<Option<Vec<u8>>>,
     ) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
@@ -168,7 +173,7 @@ impl Store {
         .await?;
         let mut changed = 0;
         for (id, sealed) in rows {
-            if let Some(new) = reencrypt(&sealed)? {
+            if let Some(new) = reencrypt(id, &sealed)? {
                 sqlx::query("UPDATE smtp_connections SET password_enc = $2, updated_at = clock_timestamp() WHERE id = $1")
                     .bind(id)
                     .bind(new)
@@ -194,6 +199,7 @@ fn connection_from_row(r: &sqlx::postgres::PgRow) -> Result<ConnectionRow, sqlx:
         default_from: r.try_get("default_from")?,
         max_connections: r.try_get("max_connections")?,
         max_rate_per_second: r.try_get("max_rate_per_second")?,
+        allow_plaintext_auth: r.try_get("allow_plaintext_auth")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })

@@ -54,7 +54,7 @@ fn database_server() -> String {
 /// names, port 0 and the test SMTP server as the default connection.
 pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut settings = Settings::load(Some(&dir)).expect("config/default.toml loads");
+    let mut settings = Settings::load_env(Some(&dir), "test").expect("config/default.toml loads");
     let db_name = format!("postwire_test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&format!("{}/postgres", database_server()))
         .await
@@ -91,6 +91,7 @@ pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
         password: None,
         default_from: Some(DEFAULT_FROM.to_owned()),
         max_connections: 4,
+        allow_plaintext_auth: false,
     });
     settings
 }
@@ -164,7 +165,11 @@ pub async fn create_key(db: &PgPool, scopes: &[Scope], default_connection: Optio
 }
 
 fn tracing_subscriber_init() -> anyhow::Result<()> {
-    let mut log = Settings::load(Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")))?.log;
+    let mut log = Settings::load_env(
+        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")),
+        "test",
+    )?
+    .log;
     log.level = "debug,sqlx=warn,lapin=info".to_owned();
     postwire::telemetry::init(&log)
 }
@@ -187,6 +192,7 @@ impl TestApp {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_postwire"));
         command
             .args(["serve", "--role", role])
+            .env("POSTWIRE_ENV", "test")
             .env(
                 "POSTWIRE_CONFIG_DIR",
                 concat!(env!("CARGO_MANIFEST_DIR"), "/config"),

@@ -1,11 +1,23 @@
 //! Builds the RFC 5322 message once, when the message is accepted: the worker sends the
 //! stored bytes, so every attempt (and any unavoidable duplicate) carries the same
 //! Message-ID and the same content.
+//!
+//! Whatever the input, the result holds the wire invariant of [`wire`]: text parts
+//! are CRLF-normalised by the domain types, headers cannot carry line breaks, and an
+//! attachment or inline part goes out as 7bit only when its data already is clean
+//! 7-bit text with CRLF line ends, base64 otherwise. The rendered bytes are checked
+//! once more before they are handed back.
+
+mod text;
+pub mod wire;
+
+pub use text::html_to_text;
+pub use wire::WireViolation;
 
 use base64::Engine;
-use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::header::{ContentTransferEncoding, HeaderName, HeaderValue};
 use lettre::message::{
-    Attachment as MimeAttachment, Mailbox as MimeMailbox, MultiPart, SinglePart,
+    Attachment as MimeAttachment, Body as MimeBody, Mailbox as MimeMailbox, MultiPart, SinglePart,
 };
 use uuid::Uuid;
 
@@ -33,6 +45,9 @@ pub enum RenderError {
     Header(String),
     #[error("the message could not be built: {0}")]
     Build(#[from] lettre::error::Error),
+    /// A bug: some input reached the wire unencoded. Nothing may be stored or sent.
+    #[error("the rendered message breaks the SMTP wire invariant: {0}")]
+    Wire(#[from] WireViolation),
 }
 
 /// Renders `message` with `from` as the sender (the message's own or the connection's
@@ -108,6 +123,7 @@ pub fn render(
     if single && raw.ends_with(b"\r\n\r\n") {
         raw.truncate(raw.len() - 2);
     }
+    wire::check(&raw)?;
 
     Ok(Rendered {
         raw,
@@ -148,7 +164,7 @@ fn body_tree(message: &NewMessage) -> Part {
                     Some(name) => MimeAttachment::new_inline_with_name(cid, name.clone()),
                     None => MimeAttachment::new_inline(cid),
                 };
-                mp.singlepart(part.body(a.data.clone(), a.content_type.clone()))
+                mp.singlepart(part.body(part_body(&a.data), a.content_type.clone()))
             });
         Part::Multi(related)
     };
@@ -163,9 +179,24 @@ fn body_tree(message: &NewMessage) -> Part {
                 .file_name
                 .clone()
                 .unwrap_or_else(|| "attachment".to_owned());
-            mp.singlepart(MimeAttachment::new(name).body(a.data.clone(), a.content_type.clone()))
+            mp.singlepart(
+                MimeAttachment::new(name).body(part_body(&a.data), a.content_type.clone()),
+            )
         });
     Part::Multi(mixed)
+}
+
+/// The encoded body of an attachment or inline part. lettre would pick 7bit for short
+/// ASCII data without normalising its line ends, so a bare LF followed by `.` would
+/// reach the wire as is; here 7bit is kept only for data that already holds the wire
+/// invariant, and everything else is base64, which decodes to exactly the input.
+fn part_body(data: &[u8]) -> MimeBody {
+    if data.is_ascii() && wire::check(data).is_ok() {
+        MimeBody::dangerous_pre_encoded(data.to_vec(), ContentTransferEncoding::SevenBit)
+    } else {
+        MimeBody::new_with_encoding(data.to_vec(), ContentTransferEncoding::Base64)
+            .unwrap_or_else(|_| unreachable!("any data can be base64-encoded"))
+    }
 }
 
 /// A MIME body: one part, or several.
@@ -230,93 +261,8 @@ fn raw_header(name: &'static str, value: String) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
 }
 
-/// A readable plain-text version of an HTML body for the text/plain alternative.
-pub fn html_to_text(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut rest = html;
-    while let Some(lt) = rest.find('<') {
-        out.push_str(&decode_entities(&rest[..lt]));
-        let after = &rest[lt..];
-        let Some(gt) = after.find('>') else {
-            out.push_str(&decode_entities(after));
-            rest = "";
-            break;
-        };
-        let tag = after[1..gt].trim().to_ascii_lowercase();
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect();
-        rest = &after[gt + 1..];
-        match name.as_str() {
-            "style" | "script" | "head" if !tag.starts_with('/') => {
-                let close = format!("</{name}");
-                rest = match rest.to_ascii_lowercase().find(&close) {
-                    Some(i) => rest[i..].find('>').map_or("", |j| &rest[i + j + 1..]),
-                    None => "",
-                };
-            }
-            "br" => out.push_str("\r\n"),
-            "p" | "div" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul" | "ol"
-            | "table" | "blockquote"
-                if tag.starts_with('/') =>
-            {
-                out.push_str("\r\n")
-            }
-            "li" if !tag.starts_with('/') => out.push_str("\r\n- "),
-            _ => {}
-        }
-    }
-    out.push_str(&decode_entities(rest));
-    // Collapse the blank lines that markup indentation leaves behind.
-    let mut text = String::with_capacity(out.len());
-    let mut blank = 0;
-    for line in out.split("\r\n").map(|l| l.trim_end()) {
-        if line.trim().is_empty() {
-            blank += 1;
-            if blank > 1 {
-                continue;
-            }
-        } else {
-            blank = 0;
-        }
-        text.push_str(line.trim_start_matches(['\n', '\r']));
-        text.push_str("\r\n");
-    }
-    text.trim().to_owned()
-}
-
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.replace(['\r', '\n'], " ");
-    }
-    s.replace(['\r', '\n'], " ")
-        .replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn html_becomes_readable_text() {
-        let text = html_to_text(
-            "<html><head><style>p{color:red}</style></head><body><p>Hello&nbsp;<b>Ann</b></p>\
-             <ul><li>one</li><li>two &amp; three</li></ul>Bye<br>now</body></html>",
-        );
-        assert_eq!(
-            text,
-            "Hello Ann\r\n\r\n- one\r\n- two & three\r\nBye\r\nnow"
-        );
-    }
-
     #[test]
     fn content_types_are_checked_by_the_parser() {
         assert!(lettre::message::header::ContentType::parse("image/png").is_ok());
