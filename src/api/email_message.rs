@@ -465,3 +465,150 @@ fn parse_attachment(
         data: bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mime::RenderError;
+
+    fn limits() -> Limits {
+        Limits {
+            max_recipients: 100,
+            max_attachments: 50,
+            max_attachment_bytes: 1 << 20,
+            max_message_bytes: 1 << 24,
+            batch_max: 500,
+        }
+    }
+
+    /// Pieces an attacker strings together: every line end alone and in smuggling
+    /// shapes, dots, NUL, long unbroken runs, non-ASCII, encoded-word look-alikes,
+    /// quoting and separators.
+    fn piece(header_safe: bool) -> BoxedStrategy<String> {
+        let mut pieces = vec![
+            ".", " ", "\t", "é", "📬", "\u{2028}", "=?utf-8?b?", "?=", "=", "<", ">", "\"",
+            ";", ",", "\\", "MAIL FROM:<e@x.com>", "--boundary", "Content-Type: text/html",
+        ];
+        if !header_safe {
+            pieces.extend(["\r", "\n", "\r\n", "\r\n.\r\n", "\n.\n", "\r.\r", "\n.\r\n", "\0"]);
+        }
+        let fixed = prop::sample::select(pieces).prop_map(str::to_owned);
+        prop_oneof![
+            4 => fixed,
+            2 => "[a-zA-Z0-9]{1,12}",
+            1 => (990usize..1010).prop_map(|n| "x".repeat(n)),
+            1 => (70usize..80).prop_map(|n| "é".repeat(n)),
+        ]
+        .boxed()
+    }
+
+    fn text(header_safe: bool, max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(header_safe), 0..max).prop_map(|p| p.concat())
+    }
+
+    fn attachment(data: String, content_id: Option<&str>, encoding: &str) -> EmailAttachment {
+        let content_data = match encoding {
+            "base64" => base64::engine::general_purpose::STANDARD.encode(data.as_bytes()),
+            _ => data,
+        };
+        EmailAttachment {
+            file_name: Some("f.txt".to_owned()),
+            content_id: content_id.map(str::to_owned),
+            content_data: Some(content_data),
+            content_type: Some("text/plain".to_owned()),
+            content_transfer_encoding: Some(encoding.to_owned()),
+        }
+    }
+
+    fn render(request: EmailMessage) -> Result<(), String> {
+        let Ok(message) = request.into_domain(&limits()) else {
+            // Refused at the edge: nothing is rendered, stored or sent.
+            return Ok(());
+        };
+        let from = Mailbox::parse("Sender <sender@example.com>").unwrap();
+        match crate::mime::render(uuid::Uuid::nil(), &message, &from, "postwire.test") {
+            Err(RenderError::Wire(violation)) => Err(violation.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The wire check in `mime::render` (500, nothing stored) cannot be reached:
+        /// whatever passes the edge renders wire-clean.
+        #[test]
+        fn whatever_passes_validation_renders_wire_clean(
+            subject in text(true, 30),
+            name in text(true, 10),
+            header in text(true, 30),
+            file_name in text(true, 10),
+            body in text(false, 60),
+            literal in text(false, 60),
+            binary in prop::collection::vec(any::<u8>(), 0..2000),
+            is_html in any::<bool>(),
+            importance in prop::sample::select(vec!["High", "low", "NORMAL"]),
+        ) {
+            let mut headers = BTreeMap::new();
+            headers.insert("X-Tag".to_owned(), header.clone());
+            let binary = EmailAttachment {
+                file_name: Some(file_name),
+                content_data: Some(base64::engine::general_purpose::STANDARD.encode(&binary)),
+                content_type: Some("application/octet-stream".to_owned()),
+                content_transfer_encoding: Some("base64".to_owned()),
+                ..Default::default()
+            };
+            let request = EmailMessage {
+                to: Some(format!("\"{}\" <ann@example.com>; bob@example.org", name.replace(['"', '\\'], ""))),
+                cc: Some(format!("{} <carl@example.net>", name.replace(['"', '\\', '<', '>', ';', ','], ""))),
+                reply_to: Some("help@example.com".to_owned()),
+                subject: Some(subject),
+                body: Some(body.replace('\0', "")),
+                is_html: Some(is_html),
+                importance: Some(importance.to_owned()),
+                headers: Some(headers),
+                attachments: Some(vec![
+                    attachment(literal.replace('\0', ""), None, "none"),
+                    attachment(literal.clone(), Some("part@example.com"), "base64"),
+                    binary,
+                ]),
+                ..Default::default()
+            };
+            prop_assert_eq!(render(request), Ok(()));
+        }
+
+        /// Every field hostile at once: the edge refuses what it must, and nothing it
+        /// lets through breaks the wire invariant.
+        #[test]
+        fn hostile_text_in_every_field_never_breaks_the_wire(
+            subject in text(false, 20),
+            name in text(false, 8),
+            header in text(false, 20),
+            body in text(false, 40),
+        ) {
+            let mut headers = BTreeMap::new();
+            headers.insert("X-Tag".to_owned(), header);
+            let request = EmailMessage {
+                to: Some(format!("\"{name}\" <ann@example.com>")),
+                from: Some(format!("{name} <s@example.com>")),
+                subject: Some(subject),
+                body: Some(body.clone()),
+                is_html: Some(true),
+                headers: Some(headers),
+                attachments: Some(vec![attachment(body, None, "none")]),
+                ..Default::default()
+            };
+            prop_assert_eq!(render(request), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_wire_check_stops_a_message_that_would_smuggle() {
+        // What the check in mime::render guards against, had an encoder let it by.
+        let raw = b"Subject: x\r\n\r\nok\n.\r\nMAIL FROM:<evil@x.com>\r\n";
+        assert!(crate::mime::wire::check(raw).is_err());
+    }
+}

@@ -69,7 +69,10 @@ pub fn render(
 
     let mut builder = lettre::Message::builder()
         .from(mime_mailbox(from, "From")?)
-        .subject(message.subject.as_str())
+        .raw_header(unstructured(
+            HeaderName::new_from_ascii_str("Subject"),
+            message.subject.as_str(),
+        ))
         .message_id(Some(message_id.clone()))
         .raw_header(raw_header("X-Postwire-Id", id.to_string()));
     for m in &message.recipients.to {
@@ -84,7 +87,7 @@ pub fn render(
     for h in &message.headers {
         let name = HeaderName::new_from_ascii(h.name.clone())
             .map_err(|_| RenderError::Header(h.name.clone()))?;
-        builder = builder.raw_header(custom_header(name, &h.value));
+        builder = builder.raw_header(unstructured(name, &h.value));
     }
     let importance = message.importance;
     builder = builder
@@ -228,10 +231,10 @@ fn lettre_address(address: &str, field: &'static str) -> Result<lettre::Address,
     })
 }
 
-/// A custom header value. lettre folds at spaces; a run of more than 900 characters
-/// without one could not be folded under 998, so such values go out as RFC 2047
-/// encoded words, which may be split anywhere.
-fn custom_header(name: HeaderName, value: &str) -> HeaderValue {
+/// An unstructured header value (Subject, custom headers). lettre folds at spaces; a
+/// run of more than 900 characters without one could not be folded under 998, so such
+/// values go out as RFC 2047 encoded words, which may be split anywhere.
+fn unstructured(name: HeaderName, value: &str) -> HeaderValue {
     let unfoldable = value.split([' ', '\t']).any(|word| word.len() > 900);
     if !unfoldable {
         return HeaderValue::new(name, value.to_owned());

@@ -16,7 +16,7 @@ use std::fmt::{self, Write as _};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -313,6 +313,9 @@ impl TestSmtpServer {
             data_attempts: AtomicUsize::new(0),
             sessions_opened: AtomicUsize::new(0),
             sessions_open: AtomicUsize::new(0),
+            lenient: AtomicBool::new(false),
+            bare_line_ends: AtomicUsize::new(0),
+            longest_line: AtomicUsize::new(0),
             changed: Notify::new(),
             accept_task: Mutex::new(None),
             session_tasks: Mutex::new(Vec::new()),
@@ -431,6 +434,28 @@ impl TestSmtpServer {
         lock(&self.shared().commands).clone()
     }
 
+    /// Makes the server read like a lenient relay (many real ones): a line ends at
+    /// CRLF, at a bare LF or at a bare CR, for commands and message content alike, so
+    /// a lone `.` between any two of them ends DATA and whatever follows is read as
+    /// commands. A client whose content holds such a sequence would have a second
+    /// transaction run in its session: count the MAIL commands in
+    /// [`TestSmtpServer::commands`]. Takes effect on the next line read.
+    pub fn set_lenient(&self, lenient: bool) {
+        self.shared().lenient.store(lenient, Ordering::SeqCst);
+    }
+
+    /// How many line ends in message contents were a bare CR or a bare LF (lenient
+    /// mode only): a client that keeps the wire invariant sends none.
+    pub fn bare_line_ends(&self) -> usize {
+        self.shared().bare_line_ends.load(Ordering::SeqCst)
+    }
+
+    /// The longest line of any message content so far, without its line end
+    /// (lenient mode only); RFC 5322 allows 998.
+    pub fn longest_line(&self) -> usize {
+        self.shared().longest_line.load(Ordering::SeqCst)
+    }
+
     /// Replaces the script; events from then on, including in sessions
     /// already open, follow the new one (e.g. a relay that comes back).
     pub fn set_script(&self, script: Script) {
@@ -504,6 +529,12 @@ struct Shared {
     data_attempts: AtomicUsize,
     sessions_opened: AtomicUsize,
     sessions_open: AtomicUsize,
+    /// Reads lines the way a lenient relay does (see [`TestSmtpServer::set_lenient`]).
+    lenient: AtomicBool,
+    /// Line ends in message contents that were a bare CR or a bare LF.
+    bare_line_ends: AtomicUsize,
+    /// The longest line of any message content, without its line end.
+    longest_line: AtomicUsize,
     /// Woken on every change a `wait_for_*` call may be waiting for.
     changed: Notify,
     accept_task: Mutex<Option<JoinHandle<()>>>,
@@ -572,6 +603,7 @@ async fn run_session(stream: TcpStream, index: usize, guard: OpenGuard) {
         mail_from: None,
         mail_at: None,
         rcpt_to: Vec::new(),
+        pending_cr: false,
     };
     let Err(exit) = session.serve().await;
     if let Exit::Stall = exit {
@@ -632,9 +664,83 @@ struct Session {
     mail_from: Option<String>,
     mail_at: Option<Instant>,
     rcpt_to: Vec<String>,
+    /// Lenient reading ended a line at a CR that was the last byte received so far;
+    /// an LF arriving next belongs to it.
+    pending_cr: bool,
+}
+
+/// How a line read in lenient mode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineEnd {
+    CrLf,
+    Lf,
+    Cr,
+    /// A CR that was the last byte received: a CRLF if an LF comes next.
+    CrPending,
 }
 
 impl Session {
+    fn lenient(&self) -> bool {
+        self.shared.lenient.load(Ordering::SeqCst)
+    }
+
+    /// Reads one line as a lenient relay does: up to CRLF, a bare LF or a bare CR.
+    async fn read_lenient_line(&mut self) -> Result<(Vec<u8>, LineEnd), Exit> {
+        let mut line = Vec::new();
+        loop {
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
+                return Err(Exit::Close);
+            }
+            if std::mem::take(&mut self.pending_cr) && buf[0] == b'\n' {
+                self.reader.consume(1);
+                continue;
+            }
+            let Some(i) = buf.iter().position(|b| *b == b'\r' || *b == b'\n') else {
+                line.extend_from_slice(buf);
+                let n = buf.len();
+                self.reader.consume(n);
+                if line.len() > MAX_LINE * 1024 {
+                    return Err(Exit::Close);
+                }
+                continue;
+            };
+            line.extend_from_slice(&buf[..i]);
+            let (end, used) = match (buf[i], buf.get(i + 1)) {
+                (b'\n', _) => (LineEnd::Lf, 1),
+                (_, Some(b'\n')) => (LineEnd::CrLf, 2),
+                (_, Some(_)) => (LineEnd::Cr, 1),
+                (_, None) => (LineEnd::CrPending, 1),
+            };
+            self.reader.consume(i + used);
+            self.pending_cr = end == LineEnd::CrPending;
+            return Ok((line, end));
+        }
+    }
+
+    /// Message content read leniently: ends at a line that is a lone `.`, whatever
+    /// ends the lines around it. Recorded lines are joined with CRLF.
+    async fn read_lenient_content(&mut self) -> Result<Vec<u8>, Exit> {
+        let mut data = Vec::new();
+        loop {
+            let (mut line, end) = self.read_lenient_line().await?;
+            if matches!(end, LineEnd::Lf | LineEnd::Cr) {
+                self.shared.bare_line_ends.fetch_add(1, Ordering::SeqCst);
+            }
+            self.shared
+                .longest_line
+                .fetch_max(line.len(), Ordering::SeqCst);
+            if line == b"." {
+                return Ok(data);
+            }
+            if line.first() == Some(&b'.') {
+                line.remove(0);
+            }
+            data.extend_from_slice(&line);
+            data.extend_from_slice(b"\r\n");
+        }
+    }
+
     async fn serve(&mut self) -> Result<Infallible, Exit> {
         let action = self.decide(&Event::Connect, self.counters());
         let (code, text) = resolve(action, 220, || GREETING.to_owned())?;
@@ -689,6 +795,12 @@ impl Session {
     /// Reads one line, records it in `commands`, and returns it without its
     /// line ending.
     async fn read_command(&mut self) -> Result<String, Exit> {
+        if self.lenient() {
+            let (line, _) = self.read_lenient_line().await?;
+            let line = String::from_utf8_lossy(&line).into_owned();
+            lock(&self.shared.commands).push(line.clone());
+            return Ok(line);
+        }
         let mut buf = Vec::with_capacity(256);
         let n = (&mut self.reader)
             .take(MAX_LINE as u64)
@@ -927,7 +1039,11 @@ impl Session {
         if code != 354 {
             return Ok(());
         }
-        let data = self.read_content().await?;
+        let data = if self.lenient() {
+            self.read_lenient_content().await?
+        } else {
+            self.read_content().await?
+        };
         let attempt = self.shared.data_attempts.fetch_add(1, Ordering::SeqCst) + 1;
         self.shared.changed.notify_waiters();
         let mail_from = self.mail_from.take().unwrap_or_default();
