@@ -43,6 +43,7 @@ impl Directory {
                     security: c.security,
                     username: c.username.clone(),
                     password: c.password.clone().map(Secret::new),
+                    credentials_error: None,
                     default_from: c
                         .default_from
                         .as_deref()
@@ -105,20 +106,24 @@ impl Directory {
 
     /// A stored row as a usable connection, its password decrypted.
     pub fn from_row(&self, row: &ConnectionRow) -> anyhow::Result<SmtpConnection> {
-        let password = row
-            .password_enc
-            .as_deref()
-            .map(|sealed| {
-                let clear = self
-                    .cipher
-                    .decrypt(sealed, row.id.as_bytes())
-                    .with_context(|| {
-                        format!("decrypting the password of connection {:?}", row.name)
-                    })?;
-                String::from_utf8(clear).context("the decrypted password is not UTF-8")
-            })
-            .transpose()?
-            .map(Secret::new);
+        let (password, credentials_error) = match row.password_enc.as_deref().map(|sealed| {
+            let clear = self.cipher.decrypt(sealed, row.id.as_bytes())?;
+            String::from_utf8(clear).map_err(|_| crate::crypto::CryptoError::Malformed)
+        }) {
+            None => (None, None),
+            Some(Ok(clear)) => (Some(Secret::new(clear)), None),
+            // Not an error of the lookup: sends are still accepted, and delivery
+            // waits (without AUTH) until an operator fixes the key or the password.
+            Some(Err(e)) => {
+                tracing::error!(connection = %row.name, error = %e, "the stored password cannot be decrypted");
+                (
+                    None,
+                    Some(format!(
+                        "the stored password cannot be decrypted ({e}); check security.master_key or set the password again"
+                    )),
+                )
+            }
+        };
         Ok(SmtpConnection {
             name: row.name.clone(),
             host: row.host.clone(),
@@ -126,6 +131,7 @@ impl Directory {
             security: parse_security(&row.security)?,
             username: row.username.clone(),
             password,
+            credentials_error,
             default_from: row
                 .default_from
                 .as_deref()

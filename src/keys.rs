@@ -103,7 +103,9 @@ pub async fn create(
 pub fn split(presented: &str) -> Option<(&str, &str)> {
     let rest = presented.strip_prefix("pw_")?;
     let (lookup, secret) = rest.split_once('_')?;
-    (lookup.len() == 12 && !secret.is_empty()).then_some((lookup, secret))
+    // Only the shape a key can have reaches the database.
+    let lookup_ok = lookup.len() == 12 && lookup.bytes().all(|b| b.is_ascii_hexdigit());
+    (lookup_ok && !secret.is_empty() && secret.len() <= 64).then_some((lookup, secret))
 }
 
 /// Checks a presented secret against a stored key, in constant time.

@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    startup::tune_allocator();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config_dir.as_deref()) {
         Ok(s) => s,

@@ -165,6 +165,23 @@ impl Application {
     }
 }
 
+/// Makes glibc's allocator give large buffers back to the system as soon as they are
+/// freed. glibc serves allocations over its mmap threshold with mmap, but after the
+/// first such buffer is freed it raises the threshold (up to 32 MiB), and from then on
+/// request bodies and rendered messages of tens of megabytes come from the heap and
+/// stay resident after use: a few large sends left the API at twice the memory its
+/// in-flight budget allows. A fixed threshold of 1 MiB keeps those buffers mmapped
+/// (measured: peak RSS 594 → 240 MiB for fifty concurrent 20 MB sends, BENCHMARKS.md);
+/// the small allocations of ordinary requests are not affected.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tuning parameter of the allocator; it is called
+    // once, before the runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// A token cancelled by SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

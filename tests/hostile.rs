@@ -322,12 +322,30 @@ async fn malformed_query_strings_get_a_problem_document() {
 
 /// Sequences that end DATA early on some relay, followed by a smuggled transaction.
 const SMUGGLING: &[(&str, &str)] = &[
-    ("LF.CRLF", "ok\n.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n"),
-    ("CR.CRLF", "ok\r.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n"),
-    ("LF.LF", "ok\n.\nMAIL FROM:<evil@x.com>\nRCPT TO:<victim@x.com>\nDATA\nsmuggled\n.\n"),
-    ("CRLF.LF", "ok\r\n.\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n"),
-    ("CR.CR", "ok\r.\rMAIL FROM:<evil@x.com>\rRCPT TO:<victim@x.com>\rDATA\rsmuggled\r.\r"),
-    ("CRLF.CRLF", "ok\r\n.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n"),
+    (
+        "LF.CRLF",
+        "ok\n.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    ),
+    (
+        "CR.CRLF",
+        "ok\r.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    ),
+    (
+        "LF.LF",
+        "ok\n.\nMAIL FROM:<evil@x.com>\nRCPT TO:<victim@x.com>\nDATA\nsmuggled\n.\n",
+    ),
+    (
+        "CRLF.LF",
+        "ok\r\n.\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    ),
+    (
+        "CR.CR",
+        "ok\r.\rMAIL FROM:<evil@x.com>\rRCPT TO:<victim@x.com>\rDATA\rsmuggled\r.\r",
+    ),
+    (
+        "CRLF.CRLF",
+        "ok\r\n.\r\nMAIL FROM:<evil@x.com>\r\nRCPT TO:<victim@x.com>\r\nDATA\r\nsmuggled\r\n.\r\n",
+    ),
     ("leading dots", ".\r\n..\r\n.x\n.\r.end"),
     ("NUL", "before\0after\r\n.\r\nMAIL FROM:<evil@x.com>\r\n"),
     ("long line", "x"),
@@ -385,7 +403,8 @@ enum Expect {
 }
 
 #[tokio::test]
-async fn smuggling_catalogue_against_a_lenient_relay_one_transaction_per_message_and_content_intact() {
+async fn smuggling_catalogue_against_a_lenient_relay_one_transaction_per_message_and_content_intact(
+) {
     let app = spawn_app().await;
     app.smtp.set_lenient(true);
     let mut sent: Vec<(String, String, Expect)> = Vec::new();
@@ -430,7 +449,10 @@ async fn smuggling_catalogue_against_a_lenient_relay_one_transaction_per_message
         // Header fields refuse any line break or NUL outright.
         for (field, body) in [
             ("Subject", with(json!({"Subject": text}))),
-            ("To", with(json!({"To": format!("\"{text}\" <ann@example.com>")}))),
+            (
+                "To",
+                with(json!({"To": format!("\"{text}\" <ann@example.com>")})),
+            ),
             ("Headers.X-Tag", with(json!({"Headers": {"X-Tag": text}}))),
         ] {
             let response = app.send(&body).await;
@@ -473,7 +495,11 @@ async fn smuggling_catalogue_against_a_lenient_relay_one_transaction_per_message
         "one MAIL, RCPT and DATA per message, nothing smuggled"
     );
     assert_eq!(app.smtp.bare_line_ends(), 0, "no bare CR or LF on the wire");
-    assert!(app.smtp.longest_line() <= 998, "{}", app.smtp.longest_line());
+    assert!(
+        app.smtp.longest_line() <= 998,
+        "{}",
+        app.smtp.longest_line()
+    );
     let received = app.smtp.received();
     assert_eq!(received.len(), sent.len());
     assert!(received.iter().all(|m| m.rcpt_to == ["ann@example.com"]));
@@ -506,7 +532,11 @@ async fn an_unbreakable_subject_goes_out_encoded_under_998_octets() {
     let id = app.send_ok(&with(json!({"Subject": subject}))).await;
     assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
     let mails = app.smtp.wait_for_messages(1, WAIT).await;
-    assert!(app.smtp.longest_line() <= 998, "{}", app.smtp.longest_line());
+    assert!(
+        app.smtp.longest_line() <= 998,
+        "{}",
+        app.smtp.longest_line()
+    );
     assert_eq!(parse_mail(&mails[0]).subject(), Some(subject.as_str()));
 }
 
@@ -579,12 +609,14 @@ async fn query_and_path_values_the_database_would_refuse_are_client_errors() {
         let status = app.get(path).await.status().as_u16();
         assert_eq!(status, 400, "{path}");
     }
-    for path in ["/v1/connections/%00", "/v1/connections/a%0Ab", "/v1/messages/%00"] {
+    for path in [
+        "/v1/connections/%00",
+        "/v1/connections/a%0Ab",
+        "/v1/messages/%00",
+    ] {
         let status = app.get(path).await.status().as_u16();
         assert!(status == 404 || status == 400, "{path}: {status}");
     }
-    let response = app
-        .send(&with(json!({"connection": "bad\u{0}name"})))
-        .await;
+    let response = app.send(&with(json!({"connection": "bad\u{0}name"}))).await;
     helpers::assert_problem(response, 400, "connection").await;
 }

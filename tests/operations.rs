@@ -222,25 +222,8 @@ async fn sigterm_lets_the_api_finish_the_request_in_flight_then_exit() {
     // The in-process app delivers and answers lookups; the API under test is a
     // process of its own on the same database and queues, so it gets a real SIGTERM.
     let app = spawn_app().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut api = app
-        .process("api")
-        .env("POSTWIRE__SERVER__PORT", port.to_string())
-        .spawn()
-        .expect("start an API process");
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the API never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut api = app.api_process(&[]).await;
+    let port = api.port;
     let key = helpers::create_key(&app.db, &[postwire::keys::Scope::Send], None).await;
 
     // A request whose body is still arriving when the signal comes.
@@ -254,11 +237,7 @@ async fn sigterm_lets_the_api_finish_the_request_in_flight_then_exit() {
     request.write_all(head.as_bytes()).await.unwrap();
     request.write_all(&body[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &api.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    api.terminate();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Draining: no new connections, but the request in flight completes.
@@ -280,7 +259,7 @@ async fn sigterm_lets_the_api_finish_the_request_in_flight_then_exit() {
     // Then the process exits cleanly, and the message it accepted is delivered.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = api.try_wait().unwrap() {
+        if let Some(status) = api.child.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the API did not exit");

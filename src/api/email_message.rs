@@ -489,11 +489,36 @@ mod tests {
     /// quoting and separators.
     fn piece(header_safe: bool) -> BoxedStrategy<String> {
         let mut pieces = vec![
-            ".", " ", "\t", "é", "📬", "\u{2028}", "=?utf-8?b?", "?=", "=", "<", ">", "\"",
-            ";", ",", "\\", "MAIL FROM:<e@x.com>", "--boundary", "Content-Type: text/html",
+            ".",
+            " ",
+            "\t",
+            "é",
+            "📬",
+            "\u{2028}",
+            "=?utf-8?b?",
+            "?=",
+            "=",
+            "<",
+            ">",
+            "\"",
+            ";",
+            ",",
+            "\\",
+            "MAIL FROM:<e@x.com>",
+            "--boundary",
+            "Content-Type: text/html",
         ];
         if !header_safe {
-            pieces.extend(["\r", "\n", "\r\n", "\r\n.\r\n", "\n.\n", "\r.\r", "\n.\r\n", "\0"]);
+            pieces.extend([
+                "\r",
+                "\n",
+                "\r\n",
+                "\r\n.\r\n",
+                "\n.\n",
+                "\r.\r",
+                "\n.\r\n",
+                "\0",
+            ]);
         }
         let fixed = prop::sample::select(pieces).prop_map(str::to_owned);
         prop_oneof![
@@ -524,12 +549,12 @@ mod tests {
     }
 
     fn render(request: EmailMessage) -> Result<(), String> {
-        let Ok(message) = request.into_domain(&limits()) else {
+        let Ok(mut message) = request.into_domain(&limits()) else {
             // Refused at the edge: nothing is rendered, stored or sent.
             return Ok(());
         };
         let from = Mailbox::parse("Sender <sender@example.com>").unwrap();
-        match crate::mime::render(uuid::Uuid::nil(), &message, &from, "postwire.test") {
+        match crate::mime::render(uuid::Uuid::nil(), &mut message, &from, "postwire.test") {
             Err(RenderError::Wire(violation)) => Err(violation.to_string()),
             _ => Ok(()),
         }

@@ -432,9 +432,7 @@ async fn render(
 ) -> Result<(NewMessage, crate::mime::Rendered), ApiError> {
     let domain = state.settings.smtp.message_id_domain.clone();
     let (message, rendered) = off_runtime(large, move || {
-        let rendered = crate::mime::render(id, &message, &from, &domain);
-        message.attachments = Vec::new();
-        message.body = Default::default();
+        let rendered = crate::mime::render(id, &mut message, &from, &domain);
         (message, rendered)
     })
     .await?;

@@ -3,17 +3,17 @@
 //! `server.header_read_timeout` (slow-header clients and idle keep-alive connections
 //! are cut off), and a graceful drain on shutdown.
 //!
-//! HTTP/1.1 only: protocol detection for cleartext HTTP/2 waits for the client's
-//! preface without any time limit, so an idle or trickling client could hold a
-//! connection slot for ever. Producers reach postwire over HTTP/1.1 (a load balancer
-//! terminates HTTP/2 and TLS in front of it).
+//! HTTP/1.1 only: protocol detection for cleartext HTTP/2 (hyper-util's `auto`) waits
+//! for the client's first bytes without any time limit, so a client that connects and
+//! sends nothing would hold a connection slot for ever. Producers reach postwire over
+//! HTTP/1.1 (a load balancer terminates HTTP/2 and TLS in front of it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,9 +31,8 @@ pub async fn serve(
     settings: &ServerSettings,
     shutdown: CancellationToken,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true);
@@ -61,10 +60,7 @@ pub async fn serve(
         };
         crate::metrics::http_connections(1.0);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");

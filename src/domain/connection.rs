@@ -83,6 +83,10 @@ pub struct SmtpConnection {
     pub security: Security,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Why the stored password cannot be used: it does not decrypt under the
+    /// configured master keys, or was stored for another connection. Such a
+    /// connection never authenticates; its messages wait until it is fixed.
+    pub credentials_error: Option<String>,
     pub default_from: Option<super::Mailbox>,
     /// Simultaneous SMTP sessions per worker process.
     pub max_connections: u16,

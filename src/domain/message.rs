@@ -45,6 +45,10 @@ impl Body {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// Turns bare CR, bare LF and CRLF into CRLF.
@@ -92,10 +96,20 @@ impl TransferEncoding {
         match self {
             TransferEncoding::None => Ok(data.as_bytes().to_vec()),
             TransferEncoding::Base64 => {
-                let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-                base64::engine::general_purpose::STANDARD
-                    .decode(compact.as_bytes())
-                    .map_err(|e| format!("is not valid base64: {e}"))
+                let decode = |b64: &[u8]| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|e| format!("is not valid base64: {e}"))
+                };
+                // A copy without line breaks only when there are some: the data can
+                // be tens of megabytes.
+                if data.bytes().any(|b| b.is_ascii_whitespace()) {
+                    let compact: Vec<u8> =
+                        data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                    decode(&compact)
+                } else {
+                    decode(data.as_bytes())
+                }
             }
         }
     }

@@ -52,10 +52,12 @@ pub enum RenderError {
 
 /// Renders `message` with `from` as the sender (the message's own or the connection's
 /// default). `id` is the postwire message id; `fallback_domain` names the Message-ID
-/// domain when the sender's domain is not ASCII.
+/// domain when the sender's domain is not ASCII. The body and the attachments are
+/// moved into the MIME parts (they can be tens of megabytes and are needed once);
+/// the message keeps everything else.
 pub fn render(
     id: Uuid,
-    message: &NewMessage,
+    message: &mut NewMessage,
     from: &Mailbox,
     fallback_domain: &str,
 ) -> Result<Rendered, RenderError> {
@@ -139,36 +141,36 @@ pub fn render(
 /// multipart/mixed { multipart/related { multipart/alternative { text, html }, inline… },
 /// attachments… }, with each level present only when needed: a plain-text message
 /// without attachments is a single text/plain part.
-fn body_tree(message: &NewMessage) -> Part {
-    let body = message.body.as_str();
+fn body_tree(message: &mut NewMessage) -> Part {
+    let body = std::mem::take(&mut message.body).into_string();
     let content = if message.is_html {
         Part::Multi(
             MultiPart::alternative()
-                .singlepart(SinglePart::plain(html_to_text(body)))
-                .singlepart(SinglePart::html(body.to_owned())),
+                .singlepart(SinglePart::plain(html_to_text(&body)))
+                .singlepart(SinglePart::html(body)),
         )
     } else {
-        Part::Single(SinglePart::plain(body.to_owned()))
+        Part::Single(SinglePart::plain(body))
     };
 
-    let (inline, attached): (Vec<_>, Vec<_>) = message
-        .attachments
-        .iter()
+    let (inline, attached): (Vec<_>, Vec<_>) = std::mem::take(&mut message.attachments)
+        .into_iter()
         .partition(|a| a.content_id.is_some());
 
     let content = if inline.is_empty() {
         content
     } else {
-        let related = inline
-            .iter()
-            .fold(content.into_multipart(MultiPart::related()), |mp, a| {
-                let cid = a.content_id.clone().unwrap_or_default();
-                let part = match &a.file_name {
-                    Some(name) => MimeAttachment::new_inline_with_name(cid, name.clone()),
-                    None => MimeAttachment::new_inline(cid),
-                };
-                mp.singlepart(part.body(part_body(&a.data), a.content_type.clone()))
-            });
+        let related =
+            inline
+                .into_iter()
+                .fold(content.into_multipart(MultiPart::related()), |mp, a| {
+                    let cid = a.content_id.unwrap_or_default();
+                    let part = match a.file_name {
+                        Some(name) => MimeAttachment::new_inline_with_name(cid, name),
+                        None => MimeAttachment::new_inline(cid),
+                    };
+                    mp.singlepart(part.body(part_body(a.data), a.content_type))
+                });
         Part::Multi(related)
     };
 
@@ -176,15 +178,10 @@ fn body_tree(message: &NewMessage) -> Part {
         return content;
     }
     let mixed = attached
-        .iter()
+        .into_iter()
         .fold(content.into_multipart(MultiPart::mixed()), |mp, a| {
-            let name = a
-                .file_name
-                .clone()
-                .unwrap_or_else(|| "attachment".to_owned());
-            mp.singlepart(
-                MimeAttachment::new(name).body(part_body(&a.data), a.content_type.clone()),
-            )
+            let name = a.file_name.unwrap_or_else(|| "attachment".to_owned());
+            mp.singlepart(MimeAttachment::new(name).body(part_body(a.data), a.content_type))
         });
     Part::Multi(mixed)
 }
@@ -193,11 +190,11 @@ fn body_tree(message: &NewMessage) -> Part {
 /// ASCII data without normalising its line ends, so a bare LF followed by `.` would
 /// reach the wire as is; here 7bit is kept only for data that already holds the wire
 /// invariant, and everything else is base64, which decodes to exactly the input.
-fn part_body(data: &[u8]) -> MimeBody {
-    if data.is_ascii() && wire::check(data).is_ok() {
-        MimeBody::dangerous_pre_encoded(data.to_vec(), ContentTransferEncoding::SevenBit)
+fn part_body(data: Vec<u8>) -> MimeBody {
+    if data.is_ascii() && wire::check(&data).is_ok() {
+        MimeBody::dangerous_pre_encoded(data, ContentTransferEncoding::SevenBit)
     } else {
-        MimeBody::new_with_encoding(data.to_vec(), ContentTransferEncoding::Base64)
+        MimeBody::new_with_encoding(data, ContentTransferEncoding::Base64)
             .unwrap_or_else(|_| unreachable!("any data can be base64-encoded"))
     }
 }

@@ -29,6 +29,8 @@ pub struct Target {
     pub credentials: Option<Credentials>,
     /// Credentials may go over an unencrypted session to a host other than loopback.
     pub allow_plaintext_auth: bool,
+    /// Why the credentials cannot be used; then no AUTH is attempted.
+    pub credentials_error: Option<String>,
     pub hello_name: ClientId,
     /// Certificate authorities trusted besides the system's (PEM).
     pub extra_roots: Arc<[String]>,
@@ -60,6 +62,7 @@ impl Target {
                 Credentials::new(u.clone(), password.unwrap_or_default())
             }),
             allow_plaintext_auth: c.allow_plaintext_auth,
+            credentials_error: c.credentials_error.clone(),
             hello_name: hello_name
                 .map(|h| ClientId::Domain(h.to_owned()))
                 .unwrap_or_default(),
@@ -358,14 +361,21 @@ impl Pool {
             }
         }
         if let Some(credentials) = &t.credentials {
-            if t.security == Security::None && !t.allow_plaintext_auth && !peer_is_loopback {
+            let refusal = if let Some(error) = &t.credentials_error {
+                Some(format!("AUTH: {error}"))
+            } else if t.security == Security::None && !t.allow_plaintext_auth && !peer_is_loopback {
+                Some(format!(
+                    "AUTH: refusing to send credentials in clear text to {}:{} (security none, not loopback); use starttls or tls, or set allow_plaintext_auth",
+                    t.host, t.port
+                ))
+            } else {
+                None
+            };
+            if let Some(error) = refusal {
                 conn.abort().await;
                 return Err(Delivery::Paused {
                     reply: None,
-                    error: format!(
-                        "AUTH: refusing to send credentials in clear text to {}:{} (security none, not loopback); use starttls or tls, or set allow_plaintext_auth",
-                        t.host, t.port
-                    ),
+                    error,
                     resume_in: Duration::ZERO,
                 });
             }

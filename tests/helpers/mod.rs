@@ -18,7 +18,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use smtp_server::{Action, Event, ReceivedMail, Script, TestSmtpServer, TlsMode};
+pub use smtp_server::{
+    non_loopback_ip, Action, Event, ReceivedMail, Script, TestSmtpServer, TlsMode,
+};
 
 /// The default sender of the test connection.
 pub const DEFAULT_FROM: &str = "Postwire Test <sender@example.com>";
@@ -187,11 +189,17 @@ impl TestApp {
     /// A `postwire serve --role <role>` process (not started) sharing this app's
     /// database, queues and SMTP server, with the test timings; output discarded.
     pub fn process(&self, role: &str) -> std::process::Command {
+        self.cli(&["serve", "--role", role])
+    }
+
+    /// `postwire <args>` (not started) with this app's configuration, like
+    /// [`TestApp::process`].
+    pub fn cli(&self, args: &[&str]) -> std::process::Command {
         let s = &self.settings;
         let smtp = s.smtp.default.as_ref().unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_postwire"));
         command
-            .args(["serve", "--role", role])
+            .args(args)
             .env("POSTWIRE_ENV", "test")
             .env(
                 "POSTWIRE_CONFIG_DIR",
@@ -217,6 +225,33 @@ impl TestApp {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         command
+    }
+
+    /// Starts a `postwire serve --role api` process on a free port with `env` on top
+    /// of [`TestApp::process`]'s, and waits until it is ready.
+    pub async fn api_process(&self, env: &[(&str, &str)]) -> ApiProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = self.process("api");
+        command.env("POSTWIRE__SERVER__PORT", port.to_string());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start an API process");
+        let process = ApiProcess { child, port };
+        let ready = format!("{}/readyz", process.url());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the API never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        process
     }
 
     /// Stops the app (as SIGTERM would).
@@ -322,6 +357,48 @@ impl TestApp {
             .fetch_one(&self.db)
             .await
             .expect("count messages")
+    }
+}
+
+/// A `postwire serve --role api` process; killed when dropped.
+pub struct ApiProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ApiProcess {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The process's resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the API process is running");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -274,7 +274,17 @@ impl TestSmtpServer {
     ///
     /// If 127.0.0.1 cannot be bound, which no test could work around.
     pub async fn start_with(script: Script) -> TestSmtpServer {
-        TestSmtpServer::start_inner(script, None).await
+        TestSmtpServer::start_inner(script, None, "127.0.0.1").await
+    }
+
+    /// Starts a server listening on every interface, reachable through this
+    /// machine's non-loopback addresses too (see [`non_loopback_ip`]).
+    ///
+    /// # Panics
+    ///
+    /// If 0.0.0.0 cannot be bound.
+    pub async fn start_public(script: Script) -> TestSmtpServer {
+        TestSmtpServer::start_inner(script, None, "0.0.0.0").await
     }
 
     /// Starts a server that speaks TLS with `identity` as `mode` says, its answers
@@ -290,16 +300,17 @@ impl TestSmtpServer {
     ) -> TestSmtpServer {
         let acceptor = native_tls::TlsAcceptor::new(identity)
             .expect("test SMTP server: unusable TLS identity");
-        TestSmtpServer::start_inner(script, Some((mode, acceptor.into()))).await
+        TestSmtpServer::start_inner(script, Some((mode, acceptor.into())), "127.0.0.1").await
     }
 
     async fn start_inner(
         script: Script,
         tls: Option<(TlsMode, tokio_native_tls::TlsAcceptor)>,
+        interface: &str,
     ) -> TestSmtpServer {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        let listener = TcpListener::bind((interface, 0))
             .await
-            .expect("test SMTP server: cannot bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("test SMTP server: cannot bind {interface}:0: {e}"));
         let addr = listener
             .local_addr()
             .expect("test SMTP server: no local address");
@@ -507,6 +518,23 @@ impl Drop for Handle {
             task.abort();
         }
     }
+}
+
+/// An address of this machine that is not loopback (the one its default route
+/// leaves from); found without sending anything.
+///
+/// # Panics
+///
+/// On a machine with no network interface but loopback.
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    socket
+        .connect("198.51.100.1:9")
+        .and_then(|()| socket.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .expect("this machine has a non-loopback address")
 }
 
 /// How a TLS test server offers TLS.
