@@ -309,10 +309,24 @@ impl EmailMessage {
             "Subject",
             Subject::parse(self.subject.as_deref().unwrap_or_default()),
         );
-        let body = errors.check(
-            "Body",
-            Body::parse(self.body.as_deref().unwrap_or_default()),
-        );
+        let body_len = self.body.as_ref().map_or(0, String::len);
+        // The rendered message is never smaller than its body: a body over the
+        // message limit is refused before any work is spent on it.
+        let body = if body_len > limits.max_message_bytes {
+            errors.over_limit(
+                "Body",
+                format!(
+                    "the body is {body_len} bytes, over the limit of {} for a whole message",
+                    limits.max_message_bytes
+                ),
+            );
+            None
+        } else {
+            errors.check(
+                "Body",
+                Body::parse(self.body.as_deref().unwrap_or_default()),
+            )
+        };
         let importance = match self.importance.as_deref() {
             None => Some(Importance::Normal),
             Some(i) => errors.check("Importance", i.parse::<Importance>()),
