@@ -620,3 +620,30 @@ async fn query_and_path_values_the_database_would_refuse_are_client_errors() {
     let response = app.send(&with(json!({"connection": "bad\u{0}name"}))).await;
     helpers::assert_problem(response, 400, "connection").await;
 }
+
+#[tokio::test]
+async fn a_client_request_id_is_echoed_only_when_it_is_a_short_plain_token() {
+    let app = spawn_app().await;
+    let echoed = |id: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .get(format!("{}/healthz", app.address))
+                .header("x-request-id", id)
+                .send()
+                .await
+                .unwrap();
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(echoed("order-42.retry:1".into()).await, "order-42.retry:1");
+    for hostile in ["a".repeat(1000), "x\"};alert(1)".into(), "a b".into()] {
+        let id = echoed(hostile.clone()).await;
+        assert_ne!(id, hostile);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    }
+}

@@ -590,6 +590,7 @@ mod tests {
             binary in prop::collection::vec(any::<u8>(), 0..2000),
             is_html in any::<bool>(),
             importance in prop::sample::select(vec!["High", "low", "NORMAL"]),
+            recipients in 1usize..100,
         ) {
             let mut headers = BTreeMap::new();
             headers.insert("X-Tag".to_owned(), header.clone());
@@ -601,7 +602,12 @@ mod tests {
                 ..Default::default()
             };
             let request = EmailMessage {
-                to: Some(format!("\"{}\" <ann@example.com>; bob@example.org", name.replace(['"', '\\'], ""))),
+                to: Some(
+                    (0..recipients)
+                        .map(|i| format!("\"{}\" <ann{i}@example.com>", name.replace(['"', '\\'], "")))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
                 cc: Some(format!("{} <carl@example.net>", name.replace(['"', '\\', '<', '>', ';', ','], ""))),
                 reply_to: Some("help@example.com".to_owned()),
                 subject: Some(subject),
@@ -641,6 +647,25 @@ mod tests {
                 ..Default::default()
             };
             prop_assert_eq!(render(request), Ok(()));
+        }
+    }
+
+    /// lettre writes address lists on one line; they are folded one mailbox a line.
+    #[test]
+    fn a_hundred_recipients_with_long_names_fold_under_998_octets() {
+        for name in ["n".repeat(250), "é".repeat(120), "a b ".repeat(60)] {
+            let to: Vec<String> = (0..100)
+                .map(|i| format!("\"{name}\" <user{i}@example.com>"))
+                .collect();
+            let request = EmailMessage {
+                to: Some(to.join("; ")),
+                reply_to: Some(to[..10].join("; ")),
+                ..Default::default()
+            };
+            let mut message = request.into_domain(&limits()).expect("valid");
+            let from = Mailbox::parse(&format!("\"{name}\" <s@example.com>")).unwrap();
+            let rendered = crate::mime::render(uuid::Uuid::nil(), &mut message, &from, "x.test");
+            assert!(rendered.is_ok(), "{:?}", rendered.err());
         }
     }
 

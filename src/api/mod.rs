@@ -211,5 +211,26 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(plain_request_id))
         .with_state(state)
+}
+
+/// Drops a client's `x-request-id` that is not a plain token of at most 64
+/// characters, so that a fresh one is made: it goes into every log line of the
+/// request and back into the response.
+async fn plain_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let plain = |v: &axum::http::HeaderValue| {
+        v.len() <= 64
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    if request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !plain(v))
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }

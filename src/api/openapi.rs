@@ -114,6 +114,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             UnsupportedMediaType,
             IdempotencyKeyReused,
             Unavailable,
+            RequestTimeout,
         )
     ),
     modifiers(&SecuritySchemes, &AlwaysPresent, &XmlWithoutNull),
@@ -387,7 +388,11 @@ problem_response!(
 );
 problem_response!(
     Unavailable,
-    "The database is unreachable: nothing was accepted, retry (`Retry-After` is set)."
+    "Nothing was accepted; retry after `Retry-After`. The database is unreachable (`unavailable`), or this API process is at its limit of open connections or of request body bytes in flight (`busy`, `Retry-After: 1`)."
+);
+problem_response!(
+    RequestTimeout,
+    "The request body did not arrive within `server.body_read_timeout` (`timeout`); the connection is closed."
 );
 
 /// The two ways to present an API key.

@@ -52,6 +52,7 @@ use crate::store::{Accept, IdempotencyRecord, NewMessageRow, Store};
         (status = 401, response = super::openapi::Unauthorized),
         (status = 403, response = super::openapi::Forbidden),
         (status = 404, response = super::openapi::NotFound),
+        (status = 408, response = super::openapi::RequestTimeout),
         (status = 413, response = super::openapi::PayloadTooLarge),
         (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::IdempotencyKeyReused),
@@ -66,7 +67,8 @@ pub async fn send(
     Payload(request, digest): Payload<EmailMessage>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let prepared = prepare(&state, &principal, request).await?;
+    let large = request.content_len() > LARGE_BODY;
+    let prepared = prepare(&state, &principal, request, large).await?;
     let answer = json!({ "id": prepared.id, "status": Status::Queued });
     accept(&state, &principal, vec![prepared], key, digest, answer).await
 }
@@ -139,6 +141,7 @@ impl RequestBody for EmailMessage {
         (status = 400, response = super::openapi::BadRequest),
         (status = 401, response = super::openapi::Unauthorized),
         (status = 403, response = super::openapi::Forbidden),
+        (status = 408, response = super::openapi::RequestTimeout),
         (status = 413, response = super::openapi::PayloadTooLarge),
         (status = 415, response = super::openapi::UnsupportedMediaType),
         (status = 422, response = super::openapi::IdempotencyKeyReused),
@@ -169,11 +172,19 @@ pub async fn send_batch(
             )],
         });
     }
+    // Many medium messages add up: past a megabyte the whole batch is worked on the
+    // blocking pool, one message at a time.
+    let large = batch
+        .messages
+        .iter()
+        .map(EmailMessage::content_len)
+        .sum::<usize>()
+        > LARGE_BATCH;
     let mut prepared = Vec::with_capacity(batch.messages.len());
     let mut errors = Vec::new();
     let mut status = StatusCode::BAD_REQUEST;
     for (i, message) in batch.messages.into_iter().enumerate() {
-        match prepare(&state, &principal, message).await {
+        match prepare(&state, &principal, message, large).await {
             Ok(p) => prepared.push(p),
             Err(ApiError::Invalid {
                 status: s,
@@ -255,6 +266,10 @@ const COMMIT_BATCH: BatchLimits = BatchLimits {
 };
 const COMMIT_WRITERS: usize = 4;
 
+/// A batch whose messages hold more content than this in all is validated and
+/// rendered on the blocking pool.
+const LARGE_BATCH: usize = 1024 * 1024;
+
 /// Starts the group-commit writer of the send endpoints.
 pub(crate) fn commits(store: Store) -> Commits {
     Batcher::start_weighted(
@@ -290,13 +305,13 @@ async fn off_runtime<T: Send + 'static>(
     }
 }
 
-/// Validates and renders one message.
+/// Validates and renders one message, on the blocking pool when `large`.
 async fn prepare(
     state: &AppState,
     principal: &Principal,
     request: EmailMessage,
+    large: bool,
 ) -> Result<Prepared, ApiError> {
-    let large = request.content_len() > LARGE_BODY;
     let limits = state.settings.limits.clone();
     let message = off_runtime(large, move || request.into_domain(&limits)).await??;
     let connection = state

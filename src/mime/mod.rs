@@ -15,6 +15,8 @@ pub use text::html_to_text;
 pub use wire::WireViolation;
 
 use base64::Engine;
+use email_encoding::headers::quoted_string;
+use email_encoding::headers::writer::EmailWriter;
 use lettre::message::header::{ContentTransferEncoding, HeaderName, HeaderValue};
 use lettre::message::{
     Attachment as MimeAttachment, Body as MimeBody, Mailbox as MimeMailbox, MultiPart, SinglePart,
@@ -77,14 +79,14 @@ pub fn render(
         ))
         .message_id(Some(message_id.clone()))
         .raw_header(raw_header("X-Postwire-Id", id.to_string()));
-    for m in &message.recipients.to {
-        builder = builder.to(mime_mailbox(m, "To")?);
-    }
-    for m in &message.recipients.cc {
-        builder = builder.cc(mime_mailbox(m, "CC")?);
-    }
-    for m in &message.reply_to {
-        builder = builder.reply_to(mime_mailbox(m, "ReplyTo")?);
+    for (header, field, list) in [
+        ("To", "To", &message.recipients.to),
+        ("Cc", "CC", &message.recipients.cc),
+        ("Reply-To", "ReplyTo", &message.reply_to),
+    ] {
+        if !list.is_empty() {
+            builder = builder.raw_header(mailbox_list(header, field, list)?);
+        }
     }
     for h in &message.headers {
         let name = HeaderName::new_from_ascii(h.name.clone())
@@ -212,6 +214,51 @@ impl Part {
             Part::Multi(mp) => builder.multipart(mp),
         }
     }
+}
+
+/// An address list header with one mailbox per line. lettre writes a list on a single
+/// line, never folded: a hundred recipients with long display names made a To line of
+/// 27 kB, over RFC 5322's 998 octets. Each mailbox is encoded as lettre would encode it
+/// (quoted or RFC 2047 display name), and the lines are folded after each comma.
+fn mailbox_list(
+    header: &'static str,
+    field: &'static str,
+    list: &[Mailbox],
+) -> Result<HeaderValue, RenderError> {
+    use std::fmt::Write as _;
+
+    let mut raw = Vec::with_capacity(list.len());
+    let mut encoded = String::new();
+    for (i, m) in list.iter().enumerate() {
+        let address = lettre_address(m.address.as_str(), field)?;
+        raw.push(MimeMailbox::new(m.name.clone(), address.clone()).to_string());
+        let line_start = if i == 0 {
+            header.len() + 2
+        } else {
+            encoded.push_str(",\r\n ");
+            1
+        };
+        let mut w = EmailWriter::new(&mut encoded, line_start, 0, false);
+        let written = match &m.name {
+            Some(name) => quoted_string::encode(name, &mut w)
+                .and_then(|()| {
+                    w.space();
+                    w.write_char('<')
+                })
+                .and_then(|()| w.write_str(address.as_ref()))
+                .and_then(|()| w.write_char('>')),
+            None => w.write_str(address.as_ref()),
+        };
+        written.map_err(|_| RenderError::Address {
+            field,
+            address: m.address.to_string(),
+        })?;
+    }
+    Ok(HeaderValue::dangerous_new_pre_encoded(
+        HeaderName::new_from_ascii_str(header),
+        raw.join(", "),
+        encoded,
+    ))
 }
 
 fn mime_mailbox(m: &Mailbox, field: &'static str) -> Result<MimeMailbox, RenderError> {
