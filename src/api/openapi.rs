@@ -180,6 +180,7 @@ pub async fn openapi_json() -> impl IntoResponse {
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = IdempotencyKeyReused),

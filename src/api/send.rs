@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::email_message::{EmailMessage, EmailMessageXml};
-use super::payload::LARGE_BODY;
+use super::payload::{off_runtime, LARGE_BODY};
 use super::{ApiError, AppState, Payload, RequestBody};
 use crate::batcher::{self, BatchLimits, Batcher, DbResult};
 use crate::domain::{FieldError, Mailbox, NewMessage, Status};
@@ -287,22 +287,6 @@ pub(crate) fn commits(store: Store) -> Commits {
             })
         },
     )
-}
-
-/// Runs `work` on the blocking pool when `large`: parsing, decoding and encoding
-/// megabytes would stall an async worker thread, and with it every other request
-/// that thread serves.
-async fn off_runtime<T: Send + 'static>(
-    large: bool,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    if large {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))
-    } else {
-        Ok(work())
-    }
 }
 
 /// Validates and renders one message, on the blocking pool when `large`.
