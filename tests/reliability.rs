@@ -417,8 +417,8 @@ async fn publish_raw(settings: &postwire::config::Settings, body: &[u8]) {
     let queue = format!("{}.deliver", settings.amqp.queue_prefix);
     channel
         .basic_publish(
-            "",
-            &queue,
+            "".into(),
+            queue.as_str().into(),
             BasicPublishOptions::default(),
             body,
             Default::default(),
@@ -427,7 +427,7 @@ async fn publish_raw(settings: &postwire::config::Settings, body: &[u8]) {
         .unwrap()
         .await
         .unwrap();
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
 }
 
 /// Takes one message from the dead-letter queue, waiting for it to arrive.
@@ -441,11 +441,11 @@ async fn dead_letter(settings: &postwire::config::Settings) -> Vec<u8> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let got = channel
-            .basic_get(&queue, BasicGetOptions { no_ack: true })
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap();
         if let Some(message) = got {
-            let _ = conn.close(200, "done").await;
+            let _ = conn.close(200, "done".into()).await;
             return message.delivery.data;
         }
         assert!(

@@ -88,7 +88,7 @@ impl Topology {
     pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
         channel
             .queue_declare(
-                &self.deliver,
+                self.deliver.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
@@ -99,7 +99,7 @@ impl Topology {
             .with_context(|| format!("declaring queue {}", self.deliver))?;
         channel
             .queue_declare(
-                &self.dead,
+                self.dead.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
@@ -122,7 +122,7 @@ impl Topology {
             );
             channel
                 .queue_declare(
-                    name,
+                    name.as_str().into(),
                     QueueDeclareOptions {
                         durable: true,
                         ..QueueDeclareOptions::default()
@@ -156,10 +156,7 @@ impl Topology {
 
 /// Opens an AMQP connection on the tokio runtime.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name(name.into());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(&settings.url, properties)
         .await
         .with_context(|| {

@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Context};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -89,8 +89,8 @@ impl Publisher {
         let started = std::time::Instant::now();
         let confirm = channel
             .basic_publish(
-                "",
-                queue,
+                "".into(),
+                queue.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -139,7 +139,7 @@ impl Publisher {
         for queue in [&self.topology.deliver, &self.topology.dead] {
             let declared = channel
                 .queue_declare(
-                    queue,
+                    queue.as_str().into(),
                     lapin::options::QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
@@ -160,7 +160,7 @@ impl Publisher {
             let channel = self.channel().await?;
             let probed = channel
                 .queue_declare(
-                    &self.topology.deliver,
+                    self.topology.deliver.as_str().into(),
                     lapin::options::QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
@@ -181,7 +181,7 @@ impl Publisher {
     /// Closes the connection (on shutdown).
     pub async fn close(&self) {
         if let Some((conn, _)) = self.state.lock().await.take() {
-            let _ = conn.close(200, "shutting down").await;
+            let _ = conn.close(200, "shutting down".into()).await;
         }
     }
 }

@@ -171,8 +171,8 @@ impl Worker {
             .context("setting the prefetch")?;
         let mut consumer = channel
             .basic_consume(
-                &self.topology.deliver,
-                "",
+                self.topology.deliver.as_str().into(),
+                "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -205,7 +205,7 @@ impl Worker {
         // Stop receiving; in-flight deliveries keep the channel until they ack, then
         // closing it hands anything unacknowledged back to RabbitMQ.
         let _ = channel
-            .basic_cancel(consumer.tag().as_str(), Default::default())
+            .basic_cancel(consumer.tag(), Default::default())
             .await;
         let all = u32::from(self.settings.concurrency);
         let grace = if shutdown.is_cancelled() {
@@ -220,8 +220,8 @@ impl Worker {
             ),
             _ => {}
         }
-        let _ = channel.close(200, "worker stopping").await;
-        let _ = conn.close(200, "worker stopping").await;
+        let _ = channel.close(200, "worker stopping".into()).await;
+        let _ = conn.close(200, "worker stopping".into()).await;
         result
     }
 
