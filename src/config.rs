@@ -22,6 +22,7 @@ pub struct Settings {
     pub limits: Limits,
     pub retry: RetrySettings,
     pub outbox: OutboxSettings,
+    pub reconcile: ReconcileSettings,
     pub idempotency: IdempotencySettings,
     pub security: SecuritySettings,
     pub retention: RetentionSettings,
@@ -101,6 +102,23 @@ pub struct OutboxSettings {
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
     /// Most messages republished per round.
+    pub batch: u32,
+}
+
+/// The reconciler: makes PostgreSQL the single record by republishing the job of every
+/// non-terminal message whose job is overdue (lost queue, lost broker node, a crashed
+/// worker), and by publishing scheduled sends when they fall due.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// How often a pass runs (one process at a time holds the pass).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How late a job may be before it is presumed lost and republished; also the
+    /// least time between two republishes of one message.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Most messages republished per pass.
     pub batch: u32,
 }
 
@@ -192,6 +210,19 @@ pub struct AmqpSettings {
     /// Delete the queues after this long unused (RabbitMQ `x-expires`); for tests only.
     #[serde(default, with = "humantime_serde")]
     pub queue_expires: Option<Duration>,
+    /// Upper bound of every broker operation: connecting, declaring, a publish and its
+    /// confirm, an acknowledgement. A broker that hangs instead of refusing costs
+    /// this long, then the connection is dropped and opened again.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a send waits for the broker's confirm before answering 202 anyway:
+    /// the message is committed, and the outbox relay publishes it if this publish
+    /// did not make it.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// AMQP heartbeat: a connection silent for about twice this is known dead.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -200,6 +231,8 @@ impl std::fmt::Debug for AmqpSettings {
             .field("url", &redact_url(&self.url))
             .field("queue_prefix", &self.queue_prefix)
             .field("queue_type", &self.queue_type)
+            .field("timeout", &self.timeout)
+            .field("publish_timeout", &self.publish_timeout)
             .finish()
     }
 }
@@ -431,6 +464,18 @@ impl Settings {
         anyhow::ensure!(
             u32::try_from(self.server.body_limit_bytes).is_ok(),
             "server.body_limit_bytes must be under 4 GiB"
+        );
+        anyhow::ensure!(
+            !self.amqp.timeout.is_zero() && !self.amqp.publish_timeout.is_zero(),
+            "amqp.timeout and amqp.publish_timeout must be above zero"
+        );
+        anyhow::ensure!(
+            self.amqp.heartbeat >= Duration::from_secs(1),
+            "amqp.heartbeat must be at least 1s"
+        );
+        anyhow::ensure!(
+            !self.reconcile.interval.is_zero() && self.reconcile.batch > 0,
+            "reconcile.interval must be above zero and reconcile.batch at least 1"
         );
         anyhow::ensure!(
             self.server.max_connections > 0,

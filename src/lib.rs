@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mime;
 pub mod outbox;
 pub mod queue;
+pub mod reconcile;
 pub mod retention;
 pub mod smtp;
 pub mod startup;

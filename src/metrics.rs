@@ -101,3 +101,9 @@ pub fn http_refused(reason: &'static str) {
 pub fn cache_entries(cache: &'static str, entries: u64) {
     gauge!("postwire_cache_entries", "cache" => cache).set(entries as f64);
 }
+
+/// A job republished by the reconciler: `waiting` (lost or never published),
+/// `scheduled` (a held send fell due), `orphaned` (its worker died mid-attempt).
+pub fn reconciled(reason: &'static str) {
+    counter!("postwire_reconciled_total", "reason" => reason).increment(1);
+}

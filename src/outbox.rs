@@ -60,19 +60,19 @@ async fn observe(store: &Store, publisher: &Publisher) {
     }
 }
 
-/// One round: locks a batch of unpublished messages, publishes them (confirms
-/// pipelined), marks the confirmed ones published. Returns how many were published.
+/// One round: leases a batch of unpublished messages, publishes them (confirms
+/// pipelined) outside any transaction, and marks the confirmed ones published.
+/// Returns how many were published.
 pub async fn relay_once(
     store: &Store,
     publisher: &Publisher,
     settings: &OutboxSettings,
 ) -> anyhow::Result<usize> {
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .context("starting the outbox transaction")?;
-    let ids = Store::lock_unpublished(&mut tx, settings.grace, settings.batch)
+    // Held long enough for the round's publishes, each bounded by amqp.timeout; a
+    // relay that dies mid-round lets them go when the lease runs out.
+    let lease = publisher.timeout() * 2;
+    let ids = store
+        .lease_unpublished(settings.grace, lease, settings.batch)
         .await
         .context("finding unpublished messages")?;
     if ids.is_empty() {
@@ -91,11 +91,21 @@ pub async fn relay_once(
             unpublished = ids.len() - published.len(),
             "outbox: RabbitMQ still refuses publishes"
         );
+        let failed: Vec<Uuid> = ids
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(id, _)| *id)
+            .collect();
+        store
+            .release_leases(&failed)
+            .await
+            .context("releasing failed publishes")?;
     }
-    Store::mark_published_with(&mut *tx, &published)
+    store
+        .mark_published(&published)
         .await
         .context("marking messages published")?;
-    tx.commit().await.context("committing the outbox round")?;
     Ok(published.len())
 }
 

@@ -119,6 +119,22 @@ impl Application {
             self.settings.retention.clone(),
             shutdown.clone(),
         ));
+        // The reconciler runs in every process; one at a time holds a pass.
+        let reconciler_publisher = match &self.api {
+            Some((_, _, publisher, _)) => publisher.clone(),
+            None => Arc::new(Publisher::new(
+                self.settings.amqp.clone(),
+                Topology::new(&self.settings.amqp, &self.settings.retry),
+                "postwire-reconciler",
+            )),
+        };
+        tasks.spawn(crate::reconcile::run(
+            self.store.clone(),
+            reconciler_publisher,
+            self.settings.reconcile.clone(),
+            self.settings.worker.presumed_dead_after,
+            shutdown.clone(),
+        ));
         if let Some((listener, router, publisher, store)) = self.api {
             tasks.spawn(crate::outbox::run(
                 store,

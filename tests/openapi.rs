@@ -474,7 +474,9 @@ fn schemas_name_the_connector_fields_and_the_enums() {
             "connection",
             "ReplyTo",
             "Headers",
-            "Metadata"
+            "Metadata",
+            "SendAt",
+            "ExpiresAt"
         ]
         .map(String::from)
         .into()

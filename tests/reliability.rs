@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use helpers::proxy::TcpProxy;
-use helpers::{postwire_id, simple_message, spawn_app_with, Action, Event, Script};
+use helpers::{postwire_id, simple_message, spawn_app, spawn_app_with, Action, Event, Script};
+use postwire::config::QueueType;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -47,8 +48,21 @@ fn fail_each_message_first(k: usize, code: u16) -> (Script, DataTimes) {
 
 #[tokio::test]
 async fn transient_451s_are_retried_until_sent_with_growing_delays() {
+    retried_until_sent(QueueType::Classic).await;
+}
+
+#[tokio::test]
+async fn transient_451s_are_retried_through_quorum_queues_too() {
+    retried_until_sent(QueueType::Quorum).await;
+}
+
+async fn retried_until_sent(queue_type: QueueType) {
     let (script, data_times) = fail_each_message_first(2, 451);
-    let app = spawn_app_with(script, fast_retries).await;
+    let app = spawn_app_with(script, |s| {
+        fast_retries(s);
+        s.amqp.queue_type = queue_type;
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut body = simple_message();
@@ -202,10 +216,20 @@ async fn a_stalled_smtp_server_times_out_and_leaks_no_connection() {
 
 #[tokio::test]
 async fn rabbitmq_going_away_delays_messages_but_loses_none() {
+    broker_goes_away(QueueType::Classic).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_going_away_with_quorum_queues_loses_none_either() {
+    broker_goes_away(QueueType::Quorum).await;
+}
+
+async fn broker_goes_away(queue_type: QueueType) {
     let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let port = broker.port();
     let app = spawn_app_with(Script::accept_all(), |s| {
         s.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        s.amqp.queue_type = queue_type;
     })
     .await;
     let first = app.send_ok(&simple_message()).await;
@@ -608,7 +632,29 @@ async fn one_batched_claim_sorts_out_claimable_duplicate_running_and_finished_me
         next_attempt_at: None,
         attempted: true,
     };
-    store.record_outcomes(&[(b, 1, &sent)]).await.unwrap();
+    // Only the claimant of that attempt records it.
+    let none: Vec<uuid::Uuid> = Vec::new();
+    assert_eq!(
+        store
+            .record_outcomes(second, &[(b, 1, &sent)])
+            .await
+            .unwrap(),
+        none
+    );
+    assert_eq!(
+        store
+            .record_outcomes(first, &[(b, 2, &sent)])
+            .await
+            .unwrap(),
+        none
+    );
+    assert_eq!(
+        store
+            .record_outcomes(first, &[(b, 1, &sent)])
+            .await
+            .unwrap(),
+        [b]
+    );
     let claims = store.claim(&[a, b], second, dead).await.unwrap();
     assert!(matches!(claims[0], Claim::InProgress), "{:?}", claims[0]);
     assert!(
@@ -620,4 +666,149 @@ async fn one_batched_claim_sorts_out_claimable_duplicate_running_and_finished_me
         claims[1]
     );
     assert_eq!(app.message(&b.to_string()).await["attempts"], 1);
+}
+
+/// `SendAt` 2 s ahead (within the delay queues) and 4 s ahead with the delay queues
+/// shorter than that (so it waits in PostgreSQL for the reconciler): neither is
+/// attempted before its time, both are sent, the lookup and the events show it.
+#[tokio::test]
+async fn scheduled_sends_wait_for_send_at_in_the_queues_or_in_postgres() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        fast_retries(s);
+        s.retry.max_delay = Duration::from_secs(3);
+        s.reconcile.interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut expected = Vec::new();
+    for (ahead, subject) in [(2, "queued for later"), (4, "held in postgres")] {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(ahead);
+        let due = Instant::now() + Duration::from_secs(ahead as u64);
+        let mut body = simple_message();
+        body["Subject"] = json!(subject);
+        body["SendAt"] = json!(at.to_rfc3339());
+        let id = app.send_ok(&body).await;
+        let message = app.message(&id).await;
+        assert_eq!(message["status"], "queued");
+        let stored: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(message["send_at"].clone()).unwrap();
+        assert!((stored - at).num_milliseconds().abs() < 1000);
+        let events = app.events(&id).await;
+        assert!(events["events"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("scheduled for"));
+        expected.push((id, due, subject));
+    }
+    let held: bool =
+        sqlx::query_scalar("SELECT held FROM messages WHERE subject = 'held in postgres'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(held, "beyond the longest delay queue, no job is published");
+    let mails = app.smtp.wait_for_messages(2, WAIT).await;
+    for (id, due, subject) in expected {
+        assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+        let mail = mails
+            .iter()
+            .find(|m| postwire_id(&m.data).as_deref() == Some(id.as_str()))
+            .unwrap();
+        // MAIL FROM arrived (on this process's clock) after SendAt.
+        assert!(
+            mail.started_at + Duration::from_millis(200) >= due,
+            "{subject}: attempted {:?} before SendAt",
+            due - mail.started_at
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_send_can_be_cancelled_before_its_time_and_is_never_sent() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        s.reconcile.interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut body = simple_message();
+    body["SendAt"] = json!((chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339());
+    let id = app.send_ok(&body).await;
+    let response = app
+        .post(&format!("/v1/messages/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(app.message(&id).await["status"], "cancelled");
+    assert_eq!(app.smtp.sessions_opened(), 0, "never sent");
+}
+
+#[tokio::test]
+async fn a_message_not_sent_by_expires_at_fails_as_expired() {
+    let app = spawn_app_with(Script::reject_data(451), fast_retries).await;
+    let mut body = simple_message();
+    body["ExpiresAt"] = json!((chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339());
+    let id = app.send_ok(&body).await;
+    let message = app.wait_until_terminal(&id).await;
+    assert_eq!(message["status"], "failed");
+    assert!(
+        message["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ExpiresAt"),
+        "{message}"
+    );
+    assert!(message["expires_at"].is_string());
+    assert_eq!(
+        app.event_types(&id).await.last().map(String::as_str),
+        Some("expired")
+    );
+}
+
+#[tokio::test]
+async fn send_at_and_expires_at_are_validated() {
+    let app = spawn_app().await;
+    let in_secs = |s: i64| (chrono::Utc::now() + chrono::Duration::seconds(s)).to_rfc3339();
+    for (changes, field) in [
+        (json!({"SendAt": "tomorrow"}), "SendAt"),
+        (json!({"ExpiresAt": "2026-13-01T00:00:00Z"}), "ExpiresAt"),
+        (
+            json!({"SendAt": in_secs(600), "ExpiresAt": in_secs(300)}),
+            "ExpiresAt",
+        ),
+        (json!({"ExpiresAt": in_secs(-60)}), "ExpiresAt"),
+        (json!({"SendAt": in_secs(400 * 86400)}), "SendAt"),
+    ] {
+        helpers::assert_refused(&app, helpers::message_with(changes), 400, field).await;
+    }
+    // A SendAt in the past means now.
+    let mut body = simple_message();
+    body["SendAt"] = json!(in_secs(-3600));
+    let id = app.send_ok(&body).await;
+    let message = app.wait_until_terminal(&id).await;
+    assert_eq!(message["status"], "sent");
+    assert!(message["send_at"].is_null());
+}
+
+/// A 451 defers a message; a duplicate job for it (a republish, a redelivery) that
+/// arrives before its next attempt is due must not attempt it again.
+#[tokio::test]
+async fn a_duplicate_job_never_attempts_a_deferred_message_before_it_is_due() {
+    let (script, data_times) = fail_each_message_first(1, 451);
+    let app = spawn_app_with(script, |s| {
+        fast_retries(s);
+        s.retry.initial = Duration::from_secs(3);
+        s.retry.max_delay = Duration::from_secs(3);
+    })
+    .await;
+    let id = app.send_ok(&simple_message()).await;
+    app.wait_for(&id, "deferred", |m| m["status"] == "deferred")
+        .await;
+    for _ in 0..3 {
+        publish_raw(&app.settings, id.as_bytes()).await;
+    }
+    assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+    let times = data_times.lock().unwrap()[&id].clone();
+    assert_eq!(times.len(), 2, "one refusal, one retry");
+    assert!(
+        times[1] - times[0] >= Duration::from_secs(3),
+        "{:?}",
+        times[1] - times[0]
+    );
 }

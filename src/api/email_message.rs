@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::ApiError;
@@ -79,6 +80,16 @@ pub struct EmailMessage {
     #[serde(rename = "Metadata", alias = "metadata")]
     #[schema(example = json!({"order": "1234"}))]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Extension: the first attempt is not before this time (RFC 3339, e.g.
+    /// `2026-12-24T08:00:00Z`); a time in the past means now. At most 365 days ahead.
+    #[serde(rename = "SendAt", alias = "sendAt")]
+    #[schema(value_type = Option<DateTime<Utc>>, example = "2026-12-24T08:00:00Z")]
+    pub send_at: Option<String>,
+    /// Extension: if not sent by this time (RFC 3339), the message fails as
+    /// `expired`. Must be after `SendAt` (or after now).
+    #[serde(rename = "ExpiresAt", alias = "expiresAt")]
+    #[schema(value_type = Option<DateTime<Utc>>, example = "2026-12-24T12:00:00Z")]
+    pub expires_at: Option<String>,
 }
 
 /// The XML form of [`EmailMessage`]: the same elements, with attachments wrapped as
@@ -133,6 +144,12 @@ pub struct EmailMessageXml {
         xml(name = "Item", wrapped(name = "Metadata"))
     )]
     pub metadata: Option<XmlPairs>,
+    #[serde(rename = "SendAt")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub send_at: Option<String>,
+    #[serde(rename = "ExpiresAt")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<String>,
 }
 
 /// `<Attachments><Attachment>…</Attachment>…</Attachments>`.
@@ -177,6 +194,8 @@ impl From<EmailMessageXml> for EmailMessage {
             reply_to: x.reply_to,
             headers: pairs(x.headers),
             metadata: pairs(x.metadata),
+            send_at: x.send_at,
+            expires_at: x.expires_at,
         }
     }
 }
@@ -380,6 +399,7 @@ impl EmailMessage {
                     .push(FieldError::new(format!("Metadata.{}", printable(k)), e));
             }
         }
+        let (send_at, expires_at) = schedule(&mut errors, self.send_at, self.expires_at);
         let connection = self.connection.filter(|c| !c.trim().is_empty());
         errors.into_result(|| NewMessage {
             from,
@@ -393,8 +413,53 @@ impl EmailMessage {
             reply_to,
             headers,
             metadata,
+            send_at,
+            expires_at,
         })
     }
+}
+
+/// The furthest ahead a send can be scheduled.
+const MAX_SCHEDULE_DAYS: i64 = 365;
+
+/// `SendAt` and `ExpiresAt`: RFC 3339 times; a `SendAt` in the past means now (`None`),
+/// and `ExpiresAt` must fall after the first attempt can.
+fn schedule(
+    errors: &mut Errors,
+    send_at: Option<String>,
+    expires_at: Option<String>,
+) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let parse = |errors: &mut Errors, field: &str, value: Option<String>| {
+        let value = value.filter(|v| !v.trim().is_empty())?;
+        errors.check(
+            field,
+            DateTime::parse_from_rfc3339(value.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    format!("{value:?} is not an RFC 3339 time (e.g. 2026-12-24T08:00:00Z)")
+                }),
+        )
+    };
+    let now = Utc::now();
+    let send_at = parse(errors, "SendAt", send_at).filter(|t| *t > now);
+    if send_at.is_some_and(|t| t > now + chrono::Duration::days(MAX_SCHEDULE_DAYS)) {
+        errors.list.push(FieldError::new(
+            "SendAt",
+            format!("must be at most {MAX_SCHEDULE_DAYS} days ahead"),
+        ));
+    }
+    let expires_at = parse(errors, "ExpiresAt", expires_at);
+    if let Some(expires) = expires_at {
+        let first = send_at.unwrap_or(now);
+        if expires <= first {
+            let after = if send_at.is_some() { "SendAt" } else { "now" };
+            errors.list.push(FieldError::new(
+                "ExpiresAt",
+                format!("must be after {after} ({})", first.to_rfc3339()),
+            ));
+        }
+    }
+    (send_at, expires_at)
 }
 
 /// A client-chosen key as it can appear in a field path: control characters shown as

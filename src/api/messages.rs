@@ -36,6 +36,10 @@ pub struct MessageView {
     /// The send's `Metadata`.
     #[schema(value_type = BTreeMap<String, String>)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The send's `SendAt`: no attempt before this time.
+    pub send_at: Option<DateTime<Utc>>,
+    /// The send's `ExpiresAt`: failed as `expired` if not sent by then.
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -64,6 +68,8 @@ impl From<MessageRecord> for MessageView {
                 serde_json::Value::Object(map) => map.into_iter().collect(),
                 _ => BTreeMap::new(),
             },
+            send_at: m.send_at,
+            expires_at: m.expires_at,
             created_at: m.created_at,
             updated_at: m.updated_at,
             sent_at: m.sent_at,

@@ -24,13 +24,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::connections::Directory;
 use crate::domain::{parse_connection_name, Mailbox};
 use crate::keys::Principal;
-use crate::queue::Publisher;
+use crate::queue::{Job, Publisher};
 use crate::store::Store;
 
 /// Shared state of every handler.
@@ -113,15 +112,16 @@ impl AppState {
     /// Publishes the delivery jobs of committed messages, their confirms pipelined on
     /// one channel. A failure is logged, not returned: the messages are committed, and
     /// the outbox relay publishes them later.
-    pub async fn publish(&self, ids: &[Uuid]) {
+    pub async fn publish(&self, jobs: &[Job]) {
         let results =
-            futures_util::future::join_all(ids.iter().map(|id| self.publisher.publish(*id))).await;
-        let mut published = Vec::with_capacity(ids.len());
-        for (id, result) in ids.iter().zip(results) {
+            futures_util::future::join_all(jobs.iter().map(|job| self.publisher.enqueue(job)))
+                .await;
+        let mut published = Vec::with_capacity(jobs.len());
+        for (job, result) in jobs.iter().zip(results) {
             match result {
-                Ok(()) => published.push(*id),
+                Ok(()) => published.push(job.id),
                 Err(e) => {
-                    tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it")
+                    tracing::warn!(message_id = %job.id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it")
                 }
             }
         }

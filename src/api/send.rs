@@ -20,6 +20,7 @@ use crate::batcher::{self, BatchLimits, Batcher, DbResult};
 use crate::domain::{FieldError, Mailbox, NewMessage, Status};
 use crate::keys::Principal;
 use crate::mime::Rendered;
+use crate::queue::Job;
 use crate::store::{Accept, IdempotencyRecord, NewMessageRow, Store};
 
 /// `POST /SendEmail` and `POST /v1/messages`. The 202 means committed: if the publish
@@ -227,6 +228,23 @@ pub(crate) struct Prepared {
     from_addr: String,
     message: NewMessage,
     rendered: Rendered,
+    /// Scheduled beyond the delay queues: no job now, the reconciler publishes one
+    /// when it falls due.
+    held: bool,
+}
+
+impl Prepared {
+    /// The delivery job to publish at acceptance, if any: due at `SendAt` when the
+    /// send is scheduled within the delay queues' reach.
+    fn job(&self) -> Option<Job> {
+        (!self.held).then(|| {
+            let job = Job::new(self.id);
+            match self.message.send_at {
+                Some(at) => job.due_at(at),
+                None => job,
+            }
+        })
+    }
 }
 
 /// The rows to insert for prepared messages.
@@ -244,6 +262,9 @@ fn rows<'a>(prepared: impl IntoIterator<Item = &'a Prepared>) -> Vec<NewMessageR
             message_id: &p.rendered.message_id,
             raw: &p.rendered.raw,
             metadata: &p.message.metadata,
+            send_at: p.message.send_at,
+            expires_at: p.message.expires_at,
+            held: p.held,
         })
         .collect()
 }
@@ -317,12 +338,20 @@ async fn prepare(
     let id = Uuid::now_v7();
     let from_addr = from.to_display();
     let (message, rendered) = render(state, id, message, from, large).await?;
+    // The longest delay queue is retry.max_delay: a send scheduled further ahead
+    // waits in PostgreSQL, not in a queue.
+    let horizon = chrono::Duration::from_std(state.settings.retry.max_delay)
+        .unwrap_or(chrono::TimeDelta::MAX);
+    let held = message
+        .send_at
+        .is_some_and(|at| at - chrono::Utc::now() > horizon);
     Ok(Prepared {
         id,
         connection: connection.name,
         from_addr,
         message,
         rendered,
+        held,
     })
 }
 
@@ -371,8 +400,18 @@ async fn accept(
                 tracing::info!(message_id = %p.id, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
                 crate::metrics::message(&p.connection, "accepted");
             }
-            let ids: Vec<Uuid> = prepared.iter().map(|p| p.id).collect();
-            task_state.publish(&ids).await;
+            let jobs: Vec<Job> = prepared.iter().filter_map(Prepared::job).collect();
+            // The 202 waits for the broker at most amqp.publish_timeout; a publish
+            // still running then goes on by itself (bounded by amqp.timeout), and
+            // whatever does not make it is the outbox relay's.
+            let publishing = tokio::spawn({
+                let state = task_state.clone();
+                async move { state.publish(&jobs).await }
+            });
+            let bound = task_state.settings.amqp.publish_timeout;
+            if tokio::time::timeout(bound, publishing).await.is_err() {
+                tracing::warn!(bound = ?bound, "RabbitMQ is slow to confirm; answering without waiting, the outbox relay has the rest");
+            }
         }
         Ok::<Accept, ApiError>(accepted)
     })

@@ -209,6 +209,10 @@ pub struct NewMessage {
     pub headers: Vec<CustomHeader>,
     /// Stored with the message and echoed by the lookup; never sent.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// The first attempt is not before this (always in the future; `None` is now).
+    pub send_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Failed as expired if not sent by then (after `send_at`).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A custom header: an `X-` name and a header-safe value (folded when long).

@@ -86,6 +86,23 @@ impl Topology {
     /// Declares every queue (idempotent; both roles do it at start and after a
     /// reconnect, so neither depends on the other having run first).
     pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+        let mut deliver = self.arguments();
+        if self.queue_type == QueueType::Quorum {
+            // RabbitMQ 4 gives quorum queues a delivery limit of 20 and then drops the
+            // job. A job is requeued only while something is unavailable, so the
+            // limit is high, and a job that reaches it moves to the dead-letter queue
+            // (at least once) instead of vanishing; its message, still waiting in
+            // PostgreSQL, is republished by the reconciler.
+            deliver.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
+            deliver.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            deliver.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(self.dead.as_str().into()),
+            );
+        }
         channel
             .queue_declare(
                 self.deliver.as_str().into(),
@@ -93,7 +110,7 @@ impl Topology {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                self.arguments(),
+                deliver,
             )
             .await
             .with_context(|| format!("declaring queue {}", self.deliver))?;
@@ -150,19 +167,62 @@ impl Topology {
             let ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
+        if self.queue_type == QueueType::Quorum {
+            // Dead-lettering (a delay tier's expiry back to the work queue) at least
+            // once: the job is removed only when the target queue has it. This needs
+            // publishes refused, not old jobs dropped, should a queue ever fill up.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
         args
     }
 }
 
-/// Opens an AMQP connection on the tokio runtime.
+/// Opens an AMQP connection on the tokio runtime, with heartbeats (unless the URL sets
+/// its own) and within `amqp.timeout`: a broker that accepts the TCP connection and
+/// then says nothing is an error, not a hang.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+    let redacted = crate::config::redact_url(&settings.url);
+    let mut uri: lapin::uri::AMQPUri = settings
+        .url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("amqp.url {redacted} is not an AMQP URL: {e}"))?;
+    let query = &mut uri.query;
+    query.heartbeat = query
+        .heartbeat
+        .or_else(|| u16::try_from(settings.heartbeat.as_secs().max(1)).ok());
+    query.connection_timeout = query
+        .connection_timeout
+        .or_else(|| u64::try_from(settings.timeout.as_millis()).ok());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&settings.url, properties)
+    let connecting = Connection::connect_uri(uri, properties);
+    match tokio::time::timeout(settings.timeout, connecting).await {
+        Ok(connected) => connected.with_context(|| format!("connecting to RabbitMQ at {redacted}")),
+        Err(_) => anyhow::bail!(
+            "connecting to RabbitMQ at {redacted}: no answer within {:?} (amqp.timeout)",
+            settings.timeout
+        ),
+    }
+}
+
+/// Bounds a broker operation by `amqp.timeout`.
+pub async fn within<T>(
+    settings: &AmqpSettings,
+    what: &str,
+    operation: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(settings.timeout, operation)
         .await
-        .with_context(|| {
-            format!(
-                "connecting to RabbitMQ at {}",
-                crate::config::redact_url(&settings.url)
-            )
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "{what}: RabbitMQ did not answer within {:?} (amqp.timeout)",
+                settings.timeout
+            ))
         })
 }

@@ -1,4 +1,7 @@
 //! Publishing with confirms over one shared channel, reopened after a broker failure.
+//! Every publish, with its confirm, is bounded by `amqp.timeout`: a broker that hangs
+//! (a partition, flow control) fails the publish, and the channel is dropped so that
+//! the next publish connects afresh.
 
 use anyhow::{anyhow, Context};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -29,10 +32,27 @@ impl Publisher {
         }
     }
 
+    /// The bound of one broker operation (`amqp.timeout`).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.settings.timeout
+    }
+
     /// Publishes the delivery job of message `id` and waits for the broker's confirm.
     /// An error means the job may not be queued: the outbox relay will publish it.
     pub async fn publish(&self, id: Uuid) -> anyhow::Result<()> {
-        self.send(&Job::new(id), &self.topology.deliver, None).await
+        self.enqueue(&Job::new(id)).await
+    }
+
+    /// Publishes a job: to the work queue when it is due, else parked in the delay
+    /// queue that fits the wait until it is.
+    pub async fn enqueue(&self, job: &Job) -> anyhow::Result<()> {
+        match job
+            .due
+            .and_then(|due| (due - chrono::Utc::now()).to_std().ok())
+        {
+            Some(wait) if !wait.is_zero() => self.park(job, wait).await,
+            _ => self.send(job, &self.topology.deliver, None).await,
+        }
     }
 
     /// Parks a job in the delay queue that fits `wait` (its `due` says when it is
@@ -48,22 +68,59 @@ impl Publisher {
 
     /// Publishes raw bytes to the dead-letter queue (a job that did not even decode).
     pub async fn dead_letter_raw(&self, body: &[u8], reason: &str) -> anyhow::Result<()> {
-        let channel = self.channel().await?;
         let properties = Job::new(Uuid::nil()).properties(Some(reason));
-        let result = self
-            .publish_on(&channel, &self.topology.dead, body, properties)
-            .await;
+        self.publish_within(&self.topology.dead, body, properties)
+            .await
+    }
+
+    async fn send(&self, job: &Job, queue: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        self.publish_within(queue, &job.body(), job.properties(reason))
+            .await
+    }
+
+    /// One publish and its confirm within `amqp.timeout`.
+    async fn publish_within(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        let channel = super::within(&self.settings, "opening a channel", self.channel()).await?;
+        let published = self.publish_on(&channel, queue, body, properties);
+        let result = match tokio::time::timeout(self.settings.timeout, published).await {
+            Ok(result) => result,
+            Err(_) => {
+                // No confirm: the broker hangs. Whatever this channel still owes,
+                // a fresh connection is the way forward.
+                self.forget(&channel).await;
+                return Err(anyhow!(
+                    "publishing to {queue}: no confirm from RabbitMQ within {:?} (amqp.timeout)",
+                    self.settings.timeout
+                ));
+            }
+        };
         self.forget_if_broken(&channel, &result).await;
         result
     }
 
-    async fn send(&self, job: &Job, queue: &str, reason: Option<&str>) -> anyhow::Result<()> {
-        let channel = self.channel().await?;
-        let result = self
-            .publish_on(&channel, queue, &job.body(), job.properties(reason))
-            .await;
-        self.forget_if_broken(&channel, &result).await;
-        result
+    /// Drops `channel` (and its connection) if it is still the current one.
+    async fn forget(&self, channel: &Channel) {
+        let mut state = self.state.lock().await;
+        if state
+            .as_ref()
+            .is_some_and(|(_, ch)| ch.id() == channel.id())
+        {
+            if let Some((conn, _)) = state.take() {
+                // Closing a hung connection may hang too: not on this task.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        conn.close(200, "no answer".into()),
+                    )
+                    .await;
+                });
+            }
+        }
     }
 
     async fn forget_if_broken(&self, channel: &Channel, result: &anyhow::Result<()>) {
@@ -134,6 +191,10 @@ impl Publisher {
 
     /// Ready messages in the work and dead-letter queues.
     pub async fn queue_depths(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        super::within(&self.settings, "inspecting the queues", self.depths()).await
+    }
+
+    async fn depths(&self) -> anyhow::Result<Vec<(String, u32)>> {
         let channel = self.channel().await?;
         let mut depths = Vec::new();
         for queue in [&self.topology.deliver, &self.topology.dead] {
@@ -181,7 +242,11 @@ impl Publisher {
     /// Closes the connection (on shutdown).
     pub async fn close(&self) {
         if let Some((conn, _)) = self.state.lock().await.take() {
-            let _ = conn.close(200, "shutting down".into()).await;
+            let _ = tokio::time::timeout(
+                self.settings.timeout,
+                conn.close(200, "shutting down".into()),
+            )
+            .await;
         }
     }
 }

@@ -43,6 +43,21 @@ pub enum Delivery {
         error: String,
         resume_in: Duration,
     },
+    /// Nothing was sent, for a reason of this process rather than of the server: its
+    /// heartbeat is too old to start DATA (it may have been presumed dead and taken
+    /// over), or the connection could not be loaded. No attempt is spent.
+    Withheld { error: String },
+}
+
+/// One message to send, and the check that lets its DATA start.
+pub struct Outgoing<'a> {
+    pub envelope_from: &'a str,
+    pub envelope_to: &'a [String],
+    pub raw: &'a [u8],
+    /// Asked right before DATA: false withholds the message (see
+    /// [`Delivery::Withheld`]), so that a worker whose heartbeat went stale never
+    /// starts a transmission its successor may be making too.
+    pub may_start_data: &'a (dyn Fn() -> bool + Send + Sync),
 }
 
 /// Every SMTP connection's pool, created on first use and rebuilt when the
@@ -74,14 +89,8 @@ impl Mailer {
         })
     }
 
-    /// Sends `raw` through `connection`.
-    pub async fn send(
-        &self,
-        connection: &SmtpConnection,
-        envelope_from: &str,
-        envelope_to: &[String],
-        raw: &[u8],
-    ) -> Delivery {
+    /// Sends a message through `connection`.
+    pub async fn send(&self, connection: &SmtpConnection, message: &Outgoing<'_>) -> Delivery {
         if let Some((resume_in, error)) = self.pause_left(connection) {
             return Delivery::Paused {
                 reply: None,
@@ -90,7 +99,7 @@ impl Mailer {
             };
         }
         let pool = self.pool(connection);
-        match pool.send(envelope_from, envelope_to, raw).await {
+        match pool.send(message).await {
             Delivery::Paused { reply, error, .. } => {
                 tracing::warn!(connection = %connection.name, error = %error, pause = ?self.auth_pause, "SMTP authentication refused; pausing the connection");
                 if let Ok(mut paused) = self.paused.lock() {

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use super::session::{self, Attempt};
 use super::tls;
 use super::verify::VerifyStep;
-use super::Delivery;
+use super::{Delivery, Outgoing};
 use crate::config::SmtpSettings;
 use crate::domain::{Security, SmtpConnection};
 
@@ -162,7 +162,7 @@ impl Pool {
 
     /// Runs one SMTP transaction, waiting for a free session slot (and, with a rate
     /// limit, for the message's turn) first.
-    pub async fn send(&self, envelope_from: &str, envelope_to: &[String], raw: &[u8]) -> Delivery {
+    pub async fn send(&self, message: &Outgoing<'_>) -> Delivery {
         if let Some(pace) = &self.pace {
             pace.wait().await;
         }
@@ -177,15 +177,14 @@ impl Pool {
         // as a network error on the first command, and then a fresh session is tried
         // once before the message is deferred.
         if let Some(conn) = self.take_idle() {
-            match session::transact(conn, &self.timeouts, envelope_from, envelope_to, raw).await {
+            match session::transact(conn, &self.timeouts, message).await {
                 Attempt::StaleSession => {}
                 attempt => return self.finish(attempt).await,
             }
         }
         match self.connect().await {
             Ok(conn) => {
-                let attempt =
-                    session::transact(conn, &self.timeouts, envelope_from, envelope_to, raw).await;
+                let attempt = session::transact(conn, &self.timeouts, message).await;
                 self.finish(attempt).await
             }
             Err(delivery) => delivery,
@@ -259,7 +258,8 @@ impl Pool {
                 let detail = match delivery {
                     Delivery::Deferred { error, .. }
                     | Delivery::Rejected { error, .. }
-                    | Delivery::Paused { error, .. } => error,
+                    | Delivery::Paused { error, .. }
+                    | Delivery::Withheld { error } => error,
                     Delivery::Sent { .. } => String::new(),
                 };
                 steps.push(VerifyStep {

@@ -12,7 +12,7 @@ use lettre::transport::smtp::response::Response;
 use lettre::Address;
 
 use super::pool::Timeouts;
-use super::Delivery;
+use super::{Delivery, Outgoing};
 use crate::domain::{RecipientResult, SmtpReply};
 
 /// What became of a transaction, and of the session it ran on.
@@ -54,10 +54,10 @@ where
 pub(super) async fn transact(
     mut conn: AsyncSmtpConnection,
     timeouts: &Timeouts,
-    envelope_from: &str,
-    envelope_to: &[String],
-    raw: &[u8],
+    message: &Outgoing<'_>,
 ) -> Attempt {
+    let (envelope_from, envelope_to, raw) =
+        (message.envelope_from, message.envelope_to, message.raw);
     let broken = |error: String, recipients: Vec<RecipientResult>| Attempt::Done {
         delivery: Delivery::Deferred {
             reply: None,
@@ -157,6 +157,12 @@ pub(super) async fn transact(
         return reset(conn, timeouts, delivery).await;
     }
 
+    if !(message.may_start_data)() {
+        let delivery = Delivery::Withheld {
+            error: "this worker's heartbeat is too old to start DATA (it may have been presumed dead); nothing was sent".to_owned(),
+        };
+        return reset(conn, timeouts, delivery).await;
+    }
     match step(timeouts.command, "DATA", conn.command(Data)).await {
         Step::Reply(_) => {}
         Step::Negative(reply) => return reset(conn, timeouts, by_class(reply, recipients)).await,

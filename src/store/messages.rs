@@ -23,6 +23,13 @@ pub struct NewMessageRow<'a> {
     pub message_id: &'a str,
     pub raw: &'a [u8],
     pub metadata: &'a std::collections::BTreeMap<String, String>,
+    /// `SendAt`: the first attempt is not before this.
+    pub send_at: Option<DateTime<Utc>>,
+    /// `ExpiresAt`: failed as expired if not sent by then.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// No job is published now: the message waits in PostgreSQL until `send_at`, and
+    /// the reconciler publishes it then.
+    pub held: bool,
 }
 
 /// A message as the status lookup shows it.
@@ -42,6 +49,8 @@ pub struct MessageRecord {
     pub last_error: Option<String>,
     pub recipient_results: Option<Vec<RecipientResult>>,
     pub metadata: serde_json::Value,
+    pub send_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -69,6 +78,9 @@ pub struct Claimed {
     /// 1 for the first attempt.
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
+    /// When the message first became due: its `SendAt`, else its acceptance.
+    pub send_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The result of trying to claim a message.
@@ -78,6 +90,8 @@ pub enum Claim {
     Claimed(Claimed),
     /// Another worker, alive as far as PostgreSQL knows, is sending it right now.
     InProgress,
+    /// Waiting, but not due before this time (a duplicate or early job).
+    NotYet(DateTime<Utc>),
     /// Nothing to do: the message is terminal (or does not exist).
     Nothing(Option<Status>),
 }
@@ -148,24 +162,33 @@ async fn insert_messages(
         .collect();
     let raws: Vec<&[u8]> = messages.iter().map(|m| m.raw).collect();
     let metadata: Vec<Json<_>> = messages.iter().map(|m| Json(m.metadata)).collect();
+    let send_at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.send_at).collect();
+    let expires_at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.expires_at).collect();
+    let held: Vec<bool> = messages.iter().map(|m| m.held).collect();
+    let details: Vec<Option<String>> = messages.iter().map(accepted_detail).collect();
     sqlx::query(
         "WITH t AS (
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
                                  $6::jsonb[], $7::text[], $8::text[], $9::int4[], $10::bytea[],
-                                 $11::jsonb[])
+                                 $11::jsonb[], $12::timestamptz[], $13::timestamptz[],
+                                 $14::bool[], $15::text[])
                 AS t(id, connection, from_addr, recipients, envelope_from, envelope_to,
-                     subject, message_id, size, raw, metadata)),
+                     subject, message_id, size, raw, metadata, send_at, expires_at, held,
+                     detail)),
          m AS (
             INSERT INTO messages (id, status, connection, from_addr, recipients,
-                envelope_from, envelope_to, subject, message_id, size, metadata)
+                envelope_from, envelope_to, subject, message_id, size, metadata,
+                send_at, expires_at, held, next_attempt_at)
             SELECT t.id, 'queued', t.connection, t.from_addr, t.recipients, t.envelope_from,
                    ARRAY(SELECT jsonb_array_elements_text(t.envelope_to)),
-                   t.subject, t.message_id, t.size, t.metadata
+                   t.subject, t.message_id, t.size, t.metadata,
+                   t.send_at, t.expires_at, t.held, COALESCE(t.send_at, now())
               FROM t
-            RETURNING id),
+            RETURNING id, held),
          b AS (INSERT INTO message_bodies (message_id, raw) SELECT t.id, t.raw FROM t JOIN m ON m.id = t.id),
-         o AS (INSERT INTO outbox (message_id) SELECT id FROM m)
-         INSERT INTO message_events (message_id, kind) SELECT id, 'accepted' FROM m",
+         o AS (INSERT INTO outbox (message_id) SELECT id FROM m WHERE NOT m.held)
+         INSERT INTO message_events (message_id, kind, detail)
+         SELECT t.id, 'accepted', t.detail FROM t JOIN m ON m.id = t.id",
     )
     .bind(&ids)
     .bind(&connections)
@@ -178,15 +201,33 @@ async fn insert_messages(
     .bind(&sizes)
     .bind(&raws)
     .bind(&metadata)
+    .bind(&send_at)
+    .bind(&expires_at)
+    .bind(&held)
+    .bind(&details)
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// The `accepted` event's detail: the schedule, when the send has one.
+fn accepted_detail(m: &NewMessageRow<'_>) -> Option<String> {
+    let parts: Vec<String> = [
+        m.send_at
+            .map(|t| format!("scheduled for {}", t.to_rfc3339())),
+        m.expires_at
+            .map(|t| format!("expires at {}", t.to_rfc3339())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 const MESSAGE_COLUMNS: &str =
     "id, status, connection, from_addr, recipients, subject, message_id, \
      size, attempts, next_attempt_at, last_reply, last_error, recipient_results, metadata, \
-     created_at, updated_at, sent_at";
+     send_at, expires_at, created_at, updated_at, sent_at";
 
 impl Store {
     /// Commits accepted messages with their `accepted` events, and the idempotency key
@@ -265,10 +306,11 @@ impl Store {
     }
 
     /// Claims messages for an attempt by `worker`, answering one [`Claim`] per id, in
-    /// order. A `queued` or `deferred` message can be claimed, and so can one left in
-    /// `sending` by a worker that stopped heartbeating `presumed_dead_after` ago (it
-    /// crashed mid-attempt). Anything else is reported, not claimed, so a duplicate
-    /// queue delivery finds nothing to do.
+    /// order. A `queued` or `deferred` message can be claimed once it is due (never
+    /// before its `next_attempt_at`), and so can one left in `sending` by a worker
+    /// that stopped heartbeating `presumed_dead_after` ago (it crashed mid-attempt).
+    /// Anything else is reported, not claimed, so a duplicate or early queue delivery
+    /// finds nothing to do now.
     ///
     /// One statement for all of them: concurrent deliveries share the commit. Rows
     /// are locked in id order, as [`Store::record_outcomes`] does, so two workers'
@@ -288,7 +330,8 @@ impl Store {
                FROM locked
               WHERE m.id = locked.id
                 AND EXISTS (SELECT 1 FROM message_bodies b WHERE b.message_id = m.id)
-                AND (m.status IN ('queued', 'deferred')
+                AND ((m.status IN ('queued', 'deferred')
+                      AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now()))
                      -- this worker's own claim whose outcome was never recorded
                      OR (m.status = 'sending' AND m.claimed_by = $2)
                      OR (m.status = 'sending' AND NOT EXISTS (
@@ -296,6 +339,7 @@ impl Store {
                             WHERE w.id = m.claimed_by
                               AND w.heartbeat_at > now() - make_interval(secs => $3))))
           RETURNING m.id, m.connection, m.envelope_from, m.envelope_to, m.attempts, m.created_at,
+                    m.send_at, m.expires_at,
                     (SELECT raw FROM message_bodies b WHERE b.message_id = m.id) AS raw",
         )
         .bind(ids)
@@ -316,6 +360,8 @@ impl Store {
                     raw: r.try_get("raw")?,
                     attempt: r.try_get("attempts")?,
                     created_at: r.try_get("created_at")?,
+                    send_at: r.try_get("send_at")?,
+                    expires_at: r.try_get("expires_at")?,
                 },
             );
         }
@@ -328,12 +374,17 @@ impl Store {
             .collect();
         let mut statuses = HashMap::new();
         if !unclaimed.is_empty() {
-            let rows = sqlx::query("SELECT id, status FROM messages WHERE id = ANY($1)")
-                .bind(&unclaimed)
-                .fetch_all(&self.pool)
-                .await?;
+            let rows = sqlx::query(
+                "SELECT id, status,
+                        CASE WHEN next_attempt_at > now() THEN next_attempt_at END AS not_before
+                   FROM messages WHERE id = ANY($1)",
+            )
+            .bind(&unclaimed)
+            .fetch_all(&self.pool)
+            .await?;
             for r in rows {
-                statuses.insert(r.try_get::<Uuid, _>("id")?, status_of(&r)?);
+                let not_before: Option<DateTime<Utc>> = r.try_get("not_before")?;
+                statuses.insert(r.try_get::<Uuid, _>("id")?, (status_of(&r)?, not_before));
             }
         }
         Ok(ids
@@ -343,8 +394,9 @@ impl Store {
                 // A second request for the same id in one batch: the first one has it.
                 None if !unclaimed.contains(id) => Claim::InProgress,
                 None => match statuses.get(id) {
-                    Some(Status::Sending) => Claim::InProgress,
-                    other => Claim::Nothing(other.copied()),
+                    Some((Status::Sending, _)) => Claim::InProgress,
+                    Some((status, Some(at))) if !status.is_terminal() => Claim::NotYet(*at),
+                    other => Claim::Nothing(other.map(|(status, _)| *status)),
                 },
             })
             .collect())
@@ -360,14 +412,18 @@ impl Store {
             .transpose()
     }
 
-    /// Records the ends of attempts: each message's new state, an `attempt` event with
-    /// the reply (when something was attempted) and an event for the new status, for
-    /// any number of messages in one statement. Only messages still in `sending` are
-    /// updated, so a stale worker cannot overwrite a newer outcome.
+    /// Records the ends of attempts by `worker`: each message's new state, an
+    /// `attempt` event with the reply (when something was attempted) and an event for
+    /// the new status, for any number of messages in one statement. Only the
+    /// claimant of that very attempt can record it (the message still `sending`,
+    /// claimed by `worker`, at that attempt number): a worker that was presumed dead
+    /// and taken over never overwrites its successor's outcome. Returns the ids whose
+    /// outcome was recorded.
     pub async fn record_outcomes(
         &self,
+        worker: Uuid,
         items: &[(Uuid, i32, &Outcome)],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
         let detail = |o: &Outcome| match (o.next_attempt_at, &o.error) {
             (Some(t), Some(e)) => Some(format!("next attempt at {}: {e}", t.to_rfc3339())),
             (Some(t), None) => Some(format!("next attempt at {}", t.to_rfc3339())),
@@ -405,13 +461,16 @@ impl Store {
                        sent_at = CASE WHEN t.status = 'sent' THEN now() ELSE m.sent_at END
                   FROM t JOIN locked ON locked.id = t.id
                  WHERE m.id = t.id AND m.status = 'sending'
-             RETURNING m.id)
-             INSERT INTO message_events (message_id, kind, attempt, reply, detail, recipients)
-             SELECT t.id, 'attempt', t.attempt, t.reply, t.error, t.recipients
-               FROM t JOIN upd ON upd.id = t.id WHERE t.attempted
-             UNION ALL
-             SELECT t.id, t.event, CASE WHEN t.attempted THEN t.attempt END, NULL, t.detail, NULL
-               FROM t JOIN upd ON upd.id = t.id",
+                   AND m.claimed_by = $11 AND m.attempts = t.attempt
+             RETURNING m.id),
+             ev AS (
+                INSERT INTO message_events (message_id, kind, attempt, reply, detail, recipients)
+                SELECT t.id, 'attempt', t.attempt, t.reply, t.error, t.recipients
+                  FROM t JOIN upd ON upd.id = t.id WHERE t.attempted
+                UNION ALL
+                SELECT t.id, t.event, CASE WHEN t.attempted THEN t.attempt END, NULL, t.detail, NULL
+                  FROM t JOIN upd ON upd.id = t.id)
+             SELECT id FROM upd",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -423,9 +482,12 @@ impl Store {
         .bind(&details)
         .bind(&attempted)
         .bind(&events)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect()
     }
 
     /// Cancels a message that has not been sent and is not being sent.
@@ -531,6 +593,8 @@ fn message_from_row(r: &sqlx::postgres::PgRow) -> Result<MessageRecord, sqlx::Er
             .try_get::<Option<Json<Vec<RecipientResult>>>, _>("recipient_results")?
             .map(|j| j.0),
         metadata: r.try_get("metadata")?,
+        send_at: r.try_get("send_at")?,
+        expires_at: r.try_get("expires_at")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         sent_at: r.try_get("sent_at")?,

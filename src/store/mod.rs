@@ -5,6 +5,7 @@ mod connections;
 mod listing;
 mod messages;
 mod outbox;
+mod reconcile;
 mod workers;
 
 pub use api_keys::ApiKeyRow;
@@ -14,6 +15,7 @@ pub use messages::{
     Accept, Cancel, Claim, Claimed, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow,
     Outcome,
 };
+pub use reconcile::{Overdue, ReconcileQuery};
 
 use std::time::Duration;
 

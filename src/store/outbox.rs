@@ -7,25 +7,42 @@ use uuid::Uuid;
 use super::Store;
 
 impl Store {
-    /// Messages committed more than `grace` ago whose publish RabbitMQ never
-    /// confirmed, oldest first, locked (SKIP LOCKED) in `tx` so that two relays never
-    /// take the same ones.
-    pub async fn lock_unpublished(
-        tx: &mut sqlx::PgConnection,
+    /// Leases up to `limit` messages committed more than `grace` ago whose publish
+    /// RabbitMQ never confirmed, oldest first, for `lease`: two relays never take the
+    /// same ones, and the relay publishes outside any transaction. A message whose
+    /// publish fails again is taken again when its lease runs out.
+    pub async fn lease_unpublished(
+        &self,
         grace: Duration,
+        lease: Duration,
         limit: u32,
     ) -> Result<Vec<Uuid>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT message_id FROM outbox
-              WHERE created_at < now() - make_interval(secs => $1)
-              ORDER BY created_at
-              LIMIT $2
-              FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox o SET leased_until = now() + make_interval(secs => $2)
+               FROM (SELECT message_id FROM outbox
+                      WHERE created_at < now() - make_interval(secs => $1)
+                        AND (leased_until IS NULL OR leased_until < now())
+                      ORDER BY created_at
+                      LIMIT $3
+                        FOR UPDATE SKIP LOCKED) due
+              WHERE o.message_id = due.message_id
+             RETURNING o.message_id",
         )
         .bind(grace.as_secs_f64())
+        .bind(lease.as_secs_f64())
         .bind(i64::from(limit))
-        .fetch_all(tx)
+        .fetch_all(&self.pool)
         .await
+    }
+
+    /// Gives leased messages back at once (their publish failed; the next round may
+    /// try again without waiting for the lease to run out).
+    pub async fn release_leases(&self, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE outbox SET leased_until = NULL WHERE message_id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// How many committed messages RabbitMQ has not confirmed (the outbox backlog).

@@ -54,22 +54,40 @@ impl RetryPolicy {
         builder.build().nth(index).map(|d| d.min(s.max_delay))
     }
 
-    /// True when a message accepted at `created_at` is past `retry.max_age`.
-    pub fn expired(&self, created_at: DateTime<Utc>) -> bool {
-        Utc::now() - created_at
-            > chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::TimeDelta::MAX)
+    /// When the message must have been sent by, and which limit that is: its
+    /// `ExpiresAt`, or `retry.max_age` after it first became due (its `SendAt`, else
+    /// its acceptance), whichever comes first.
+    fn deadline(&self, claimed: &Claimed) -> (DateTime<Utc>, String) {
+        let start = claimed.send_at.unwrap_or(claimed.created_at);
+        let max_age = start
+            + chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::TimeDelta::MAX);
+        match claimed.expires_at {
+            Some(expires) if expires <= max_age => {
+                (expires, format!("ExpiresAt ({})", expires.to_rfc3339()))
+            }
+            _ => (
+                max_age,
+                format!(
+                    "retry.max_age ({})",
+                    humantime::format_duration(self.settings.max_age)
+                ),
+            ),
+        }
+    }
+
+    /// True when the claimed message is past its deadline (see [`Self::deadline`]).
+    pub fn expired(&self, claimed: &Claimed) -> bool {
+        Utc::now() > self.deadline(claimed).0
     }
 
     /// The outcome of a message found expired before an attempt.
-    pub fn expire(&self) -> (Outcome, Next) {
+    pub fn expire(&self, claimed: &Claimed) -> (Outcome, Next) {
+        let (_, limit) = self.deadline(claimed);
         let outcome = Outcome {
             status: Status::Failed,
             event: "expired",
             reply: None,
-            error: Some(format!(
-                "expired: not sent within retry.max_age ({})",
-                humantime::format_duration(self.settings.max_age)
-            )),
+            error: Some(format!("expired: not sent by {limit}")),
             recipients: Vec::new(),
             next_attempt_at: None,
             attempted: false,
@@ -115,9 +133,10 @@ impl RetryPolicy {
                     );
                 };
                 let next_at = Utc::now() + wait;
-                if self.expired_at(claimed.created_at, next_at) {
+                let (deadline, limit) = self.deadline(claimed);
+                if next_at > deadline {
                     let error = format!(
-                        "expired: the next attempt would fall after retry.max_age; last error: {error}"
+                        "expired: the next attempt would fall after {limit}; last error: {error}"
                     );
                     let mut failed = outcome(Status::Failed, reply, Some(error), recipients);
                     failed.event = "expired";
@@ -134,29 +153,36 @@ impl RetryPolicy {
                 reply,
                 error,
                 resume_in,
-            } => {
-                let next_at = Utc::now() + resume_in;
-                let deferred = Outcome {
-                    status: Status::Deferred,
-                    event: "deferred",
-                    reply,
-                    error: Some(error),
-                    recipients: Vec::new(),
-                    next_attempt_at: Some(next_at),
-                    attempted: false,
-                };
-                (
-                    deferred,
-                    Next::Park(Job::new(claimed.id).due_at(next_at), resume_in),
-                )
-            }
+            } => not_attempted(claimed, reply, error, resume_in),
+            Delivery::Withheld { error } => not_attempted(claimed, None, error, WITHHELD_WAIT),
         }
     }
+}
 
-    fn expired_at(&self, created_at: DateTime<Utc>, at: DateTime<Utc>) -> bool {
-        at - created_at
-            > chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::TimeDelta::MAX)
-    }
+/// How long a withheld message waits before it is tried again.
+const WITHHELD_WAIT: Duration = Duration::from_secs(1);
+
+/// Deferred without spending the attempt: nothing was sent.
+fn not_attempted(
+    claimed: &Claimed,
+    reply: Option<crate::domain::SmtpReply>,
+    error: String,
+    wait: Duration,
+) -> (Outcome, Next) {
+    let next_at = Utc::now() + wait;
+    let deferred = Outcome {
+        status: Status::Deferred,
+        event: "deferred",
+        reply,
+        error: Some(error),
+        recipients: Vec::new(),
+        next_attempt_at: Some(next_at),
+        attempted: false,
+    };
+    (
+        deferred,
+        Next::Park(Job::new(claimed.id).due_at(next_at), wait),
+    )
 }
 
 #[cfg(test)]

@@ -23,14 +23,84 @@ use crate::batcher::{self, Batcher, DbResult};
 use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::queue::{Job, Publisher, Topology};
-use crate::smtp::{Delivery, Mailer};
+use crate::smtp::{Delivery, Mailer, Outgoing};
 use crate::store::{Claim, Outcome, Store};
 
 pub use decide::{Next, RetryPolicy};
 
-/// Processing failures (database unreachable...) a job may have before it is
-/// dead-lettered and its message failed.
+/// Processing failures a job may have before it is dead-lettered and its message
+/// failed. Only failures of the job itself count: an unavailable PostgreSQL or
+/// RabbitMQ, however long, never makes a job poison.
 const MAX_PROCESSING_FAILURES: u32 = 8;
+
+/// How long a job waits before it is tried again while PostgreSQL is unavailable.
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why processing a job did not reach an outcome.
+#[derive(Debug)]
+enum Trouble {
+    /// PostgreSQL cannot be reached (or is overloaded): wait and try again; never
+    /// counts towards dead-lettering.
+    Unavailable(String),
+    /// Anything else: counts towards dead-lettering.
+    Failed(anyhow::Error),
+}
+
+impl Trouble {
+    fn database(what: &str, e: &sqlx::Error) -> Trouble {
+        if crate::store::is_unavailable(e) {
+            Trouble::Unavailable(format!("{what}: {e}"))
+        } else {
+            Trouble::Failed(anyhow::anyhow!("{what}: {e}"))
+        }
+    }
+}
+
+/// This worker's view of its own heartbeat. Other workers presume it dead once its
+/// heartbeat is `presumed_dead_after` old; it stops starting DATA well before that
+/// (at half), and a delivery that began before a gap in its heartbeat never starts
+/// DATA at all, even when the heartbeat has resumed since: a successor may be sending
+/// that message already.
+struct Liveness {
+    last_beat: Mutex<std::time::Instant>,
+    /// Bumped by every heartbeat that follows a gap.
+    epoch: std::sync::atomic::AtomicU64,
+    limit: Duration,
+}
+
+impl Liveness {
+    fn new(presumed_dead_after: Duration) -> Liveness {
+        Liveness {
+            last_beat: Mutex::new(std::time::Instant::now()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            limit: presumed_dead_after / 2,
+        }
+    }
+
+    /// A heartbeat was recorded.
+    fn beat(&self) {
+        if let Ok(mut last) = self.last_beat.lock() {
+            if last.elapsed() >= self.limit {
+                self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            *last = std::time::Instant::now();
+        }
+    }
+
+    /// Taken when a delivery starts.
+    fn ticket(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// True while no gap in the heartbeat happened since `ticket` was taken.
+    fn unbroken_since(&self, ticket: u64) -> bool {
+        let fresh = self
+            .last_beat
+            .lock()
+            .is_ok_and(|last| last.elapsed() < self.limit);
+        fresh && self.ticket() == ticket
+    }
+}
 
 /// Everything a worker needs; shared by its delivery tasks.
 pub struct Worker {
@@ -48,8 +118,10 @@ pub struct Worker {
     in_flight: Mutex<HashSet<Uuid>>,
     /// Claims of concurrent deliveries, written together.
     claims: Batcher<Uuid, DbResult<Claim>>,
-    /// Outcomes of concurrent deliveries, written together.
-    outcomes: Batcher<(Uuid, i32, Outcome), DbResult<()>>,
+    /// Outcomes of concurrent deliveries, written together; true when recorded (this
+    /// worker still held the claim).
+    outcomes: Batcher<(Uuid, i32, Outcome), DbResult<bool>>,
+    liveness: Liveness,
 }
 
 /// The most claims or outcomes written in one statement.
@@ -66,6 +138,7 @@ impl Worker {
     ) -> Worker {
         let topology = Topology::new(&amqp, &retry);
         let id = Uuid::now_v7();
+        let liveness = Liveness::new(settings.presumed_dead_after);
         let claims = {
             let store = store.clone();
             let presumed_dead_after = settings.presumed_dead_after;
@@ -86,8 +159,10 @@ impl Worker {
                         .iter()
                         .map(|(id, attempt, o)| (*id, *attempt, o))
                         .collect();
-                    let result = store.record_outcomes(&items).await;
-                    batcher::each(result.map(|()| vec![(); items.len()]), items.len())
+                    let result = store.record_outcomes(id, &items).await.map(|recorded| {
+                        items.iter().map(|(id, ..)| recorded.contains(id)).collect()
+                    });
+                    batcher::each(result, items.len())
                 }
             })
         };
@@ -105,6 +180,7 @@ impl Worker {
             in_flight: Mutex::new(HashSet::new()),
             claims,
             outcomes,
+            liveness,
         }
     }
 
@@ -151,8 +227,9 @@ impl Worker {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.store.heartbeat(self.id, &self.host).await {
-                tracing::warn!(error = %e, "heartbeat failed");
+            match self.store.heartbeat(self.id, &self.host).await {
+                Ok(()) => self.liveness.beat(),
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }
     }
@@ -196,8 +273,9 @@ impl Worker {
                 .await
                 .context("worker slots closed")?;
             let worker = self.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                worker.handle(delivery).await;
+                worker.handle(delivery, &shutdown).await;
                 drop(slot);
             });
         };
@@ -226,9 +304,9 @@ impl Worker {
     }
 
     /// Handles one queue message. It is acknowledged only once its consequence is
-    /// durable: the outcome recorded, or the retry parked with a confirm. Anything
-    /// else requeues it.
-    async fn handle(&self, delivery: AmqpDelivery) {
+    /// durable: the outcome recorded, the message found terminal, or the retry parked
+    /// with a confirm. Anything else requeues it.
+    async fn handle(&self, delivery: AmqpDelivery, shutdown: &CancellationToken) {
         let job = match Job::decode(&delivery.data, &delivery.properties) {
             Ok(job) => job,
             Err(reason) => {
@@ -237,12 +315,12 @@ impl Worker {
                     .publisher
                     .dead_letter_raw(&delivery.data, &reason)
                     .await;
-                settle(&delivery, parked).await;
+                self.settle(&delivery, parked).await;
                 return;
             }
         };
         let span = tracing::info_span!("deliver", message_id = %job.id);
-        let next = self.process(job).instrument(span.clone()).await;
+        let next = self.process(job, shutdown).instrument(span.clone()).await;
         let settled = match next {
             Next::Done => Ok(()),
             Next::Park(job, wait) => {
@@ -250,20 +328,24 @@ impl Worker {
                 self.publisher.park(&job, wait).await
             }
             Next::Dead(job, reason) => {
-                tracing::error!(parent: &span, reason = %reason, "cannot be processed; dead-lettered and failed");
-                if let Err(e) = self.store.fail_unprocessable(job.id, &reason).await {
-                    tracing::error!(parent: &span, error = %e, "could not mark the message failed");
+                // Acknowledged only once the message is failed for good: if that
+                // cannot be written now, the job comes back.
+                match self.store.fail_unprocessable(job.id, &reason).await {
+                    Ok(()) => {
+                        tracing::error!(parent: &span, reason = %reason, "cannot be processed; dead-lettered and failed");
+                        self.publisher.dead_letter(&job, &reason).await
+                    }
+                    Err(e) => Err(anyhow::Error::new(e).context("marking the message failed")),
                 }
-                self.publisher.dead_letter(&job, &reason).await
             }
         };
         if let Err(e) = &settled {
             tracing::warn!(parent: &span, error = format!("{e:#}"), "could not queue the follow-up; requeued");
         }
-        settle(&delivery, settled).await;
+        self.settle(&delivery, settled).await;
     }
 
-    async fn process(&self, job: Job) -> Next {
+    async fn process(&self, job: Job, shutdown: &CancellationToken) -> Next {
         if let Some(wait) = job.due.and_then(|due| (due - Utc::now()).to_std().ok()) {
             if !wait.is_zero() {
                 return Next::Park(job, wait);
@@ -276,9 +358,13 @@ impl Worker {
                 self.settings.presumed_dead_after,
             );
         };
-        match self.attempt(job.id).await {
+        match self.attempt(job.id, shutdown).await {
             Ok(next) => next,
-            Err(e) => {
+            Err(Trouble::Unavailable(reason)) => {
+                tracing::warn!(error = %reason, retry_in = ?UNAVAILABLE_WAIT, "PostgreSQL unavailable; the job waits (not counted as a failure)");
+                Next::Park(job.due_in(UNAVAILABLE_WAIT), UNAVAILABLE_WAIT)
+            }
+            Err(Trouble::Failed(e)) => {
                 let failures = job.failures + 1;
                 let reason = format!("{e:#}");
                 if failures >= MAX_PROCESSING_FAILURES {
@@ -297,12 +383,13 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, id: Uuid) -> anyhow::Result<Next> {
+    async fn attempt(&self, id: Uuid, shutdown: &CancellationToken) -> Result<Next, Trouble> {
+        let ticket = self.liveness.ticket();
         let claim = self
             .claims
             .write(id)
             .await
-            .map_err(|e| anyhow::anyhow!("claiming the message: {e}"))?;
+            .map_err(|e| Trouble::database("claiming the message", &e))?;
         let claimed = match claim {
             Claim::Claimed(c) => c,
             Claim::InProgress => {
@@ -311,6 +398,13 @@ impl Worker {
                 let wait = self.settings.presumed_dead_after;
                 tracing::info!(recheck_in = ?wait, "being sent by another worker; will check again");
                 return Ok(Next::Park(Job::new(id).due_in(wait), wait));
+            }
+            Claim::NotYet(at) => {
+                // Early (a duplicate job, or one republished): never attempted before
+                // its time.
+                let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                tracing::debug!(due = %at, "not due yet; parked");
+                return Ok(Next::Park(Job::new(id).due_at(at), wait));
             }
             Claim::Nothing(Some(status)) if !status.is_terminal() => {
                 // Claimable by status but not by content: the stored message is gone.
@@ -324,21 +418,21 @@ impl Worker {
                 return Ok(Next::Done);
             }
         };
-        let (outcome, next) = if self.policy.expired(claimed.created_at) {
-            self.policy.expire()
+        let (outcome, next) = if self.policy.expired(&claimed) {
+            self.policy.expire(&claimed)
         } else {
             tracing::debug!(connection = %claimed.connection, attempt = claimed.attempt, "sending");
             let started = std::time::Instant::now();
             let delivery = match self.connections.get(&claimed.connection).await {
                 Ok(Some(connection)) => {
-                    self.mailer
-                        .send(
-                            &connection,
-                            &claimed.envelope_from,
-                            &claimed.envelope_to,
-                            &claimed.raw,
-                        )
-                        .await
+                    let may_start_data = || self.liveness.unbroken_since(ticket);
+                    let message = Outgoing {
+                        envelope_from: &claimed.envelope_from,
+                        envelope_to: &claimed.envelope_to,
+                        raw: &claimed.raw,
+                        may_start_data: &may_start_data,
+                    };
+                    self.mailer.send(&connection, &message).await
                 }
                 Ok(None) => Delivery::Rejected {
                     reply: None,
@@ -348,11 +442,10 @@ impl Worker {
                     ),
                     recipients: Vec::new(),
                 },
-                // PostgreSQL or the master key failing is not the message's fault.
-                Err(e) => Delivery::Deferred {
-                    reply: None,
+                // PostgreSQL or the master key failing is not the message's fault:
+                // nothing was sent, no attempt is spent.
+                Err(e) => Delivery::Withheld {
                     error: format!("{e:#}"),
-                    recipients: Vec::new(),
                 },
             };
             let outcome = self.policy.decide(&claimed, delivery);
@@ -363,27 +456,73 @@ impl Worker {
             outcome
         };
         log_outcome(&claimed.connection, claimed.attempt, &outcome);
-        self.record(id, claimed.attempt, &outcome).await?;
+        if !self.record(id, claimed.attempt, &outcome, shutdown).await? {
+            tracing::warn!(
+                attempt = claimed.attempt,
+                "this attempt was taken over by another worker (this one was presumed dead); its outcome is not recorded"
+            );
+            return Ok(Next::Done);
+        }
         crate::metrics::message(&claimed.connection, outcome.event);
         Ok(next)
     }
 
-    /// Records an outcome, retrying briefly: after an SMTP 250 a lost record means a
-    /// duplicate later, so a database blip is worth waiting out.
-    async fn record(&self, id: Uuid, attempt: i32, outcome: &Outcome) -> anyhow::Result<()> {
+    /// Records an outcome; false when this worker no longer holds the claim. An
+    /// unavailable database is waited out for as long as it takes (until shutdown):
+    /// after an SMTP 250, an outcome not recorded means the message is sent again.
+    async fn record(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        outcome: &Outcome,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, Trouble> {
         let mut wait = Duration::from_millis(100);
-        let mut tries = 0;
         loop {
-            tries += 1;
             match self.outcomes.write((id, attempt, outcome.clone())).await {
-                Ok(()) => return Ok(()),
-                Err(e) if tries < 7 && crate::store::is_unavailable(&e) => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+                Ok(recorded) => return Ok(recorded),
+                Err(e) if crate::store::is_unavailable(&e) && !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(anyhow::anyhow!("recording the outcome: {e}")),
+                Err(e) => return Err(Trouble::database("recording the outcome", &e)),
             }
+        }
+    }
+
+    /// Acks when the follow-up is durable, else requeues after a pause (so a broken
+    /// broker or database is not hammered). Both within `amqp.timeout`: on a broker
+    /// that hangs, the job is redelivered once the connection is known dead.
+    async fn settle(&self, delivery: &AmqpDelivery, follow_up: anyhow::Result<()>) {
+        let settled = match follow_up {
+            Ok(()) => {
+                crate::queue::within(&self.amqp, "acknowledging a job", async {
+                    Ok(delivery.ack(BasicAckOptions::default()).await?)
+                })
+                .await
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                crate::queue::within(&self.amqp, "requeueing a job", async {
+                    Ok(delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await?)
+                })
+                .await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "ack/nack failed; RabbitMQ will redeliver"
+            );
         }
     }
 }
@@ -401,26 +540,6 @@ fn log_outcome(connection: &str, attempt: i32, outcome: &Outcome) {
             next_attempt_at = ?outcome.next_attempt_at,
             "not sent"
         ),
-    }
-}
-
-/// Acks when the follow-up is durable, else requeues after a pause (so a broken
-/// broker or database is not hammered).
-async fn settle(delivery: &AmqpDelivery, follow_up: anyhow::Result<()>) {
-    let result = match follow_up {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(_) => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-        }
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "ack/nack failed; RabbitMQ will redeliver");
     }
 }
 

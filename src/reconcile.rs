@@ -1,0 +1,87 @@
+//! The reconciler: PostgreSQL is the record, and RabbitMQ can always be rebuilt from
+//! it. Every `reconcile.interval`, one process (a transaction-scoped advisory lock)
+//! finds the non-terminal messages that have no job to count on and publishes one:
+//!
+//! - queued or deferred, due more than `reconcile.grace` ago, and not claimed: the job
+//!   was lost (a purged queue, a lost node, a restored broker) or never published;
+//! - scheduled beyond the delay queues and now due (`held`);
+//! - being sent by a worker that stopped heartbeating `worker.presumed_dead_after` ago.
+//!
+//! Each message is republished at most once per grace. A duplicate job is harmless by
+//! design: a job whose message is not claimable (sent, being sent, not yet due) does
+//! nothing. A lost queue therefore delays mail by at most grace + interval.
+//!
+//! Right after an outage every heartbeat is old, and live workers would look dead: the
+//! reconciler takes over `sending` messages only once it has reached PostgreSQL
+//! without a break for `presumed_dead_after`, time for live workers to heartbeat
+//! again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReconcileSettings;
+use crate::queue::Publisher;
+use crate::store::{Overdue, ReconcileQuery, Store};
+
+/// Runs passes until `shutdown`.
+pub async fn run(
+    store: Store,
+    publisher: Arc<Publisher>,
+    settings: ReconcileSettings,
+    presumed_dead_after: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let query = ReconcileQuery {
+            grace: settings.grace,
+            presumed_dead_after,
+            orphans: reachable_since.is_some_and(|t| t.elapsed() >= presumed_dead_after),
+            limit: settings.batch,
+        };
+        match store.reconcile(&query).await {
+            Ok(found) => {
+                reachable_since.get_or_insert_with(Instant::now);
+                if let Some(found) = found.filter(|f| !f.is_empty()) {
+                    republish(&store, &publisher, found).await;
+                }
+            }
+            Err(e) => {
+                reachable_since = None;
+                tracing::warn!(error = %e, "reconciler pass failed; PostgreSQL unavailable?");
+            }
+        }
+    }
+}
+
+/// Publishes a job for each message found; a failed publish is retried by a later
+/// pass (the message was marked, so after one grace).
+async fn republish(store: &Store, publisher: &Publisher, found: Vec<(uuid::Uuid, Overdue)>) {
+    let results =
+        futures_util::future::join_all(found.iter().map(|(id, _)| publisher.publish(*id))).await;
+    let mut published = Vec::new();
+    for ((id, reason), result) in found.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                crate::metrics::reconciled(reason.as_str());
+                tracing::info!(message_id = %id, reason = reason.as_str(), "reconciler: job republished");
+                published.push(*id);
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %id, reason = reason.as_str(), error = format!("{e:#}"), "reconciler: republishing failed; a later pass retries")
+            }
+        }
+    }
+    // A message that also waited in the outbox needs no second publish from there.
+    if let Err(e) = store.mark_published(&published).await {
+        tracing::warn!(error = %e, "reconciler: could not clear outbox rows");
+    }
+}
