@@ -57,10 +57,10 @@ impl Trouble {
 }
 
 /// This worker's view of its own heartbeat. Other workers presume it dead once its
-/// heartbeat is `presumed_dead_after` old; it stops starting DATA well before that
-/// (at half), and a delivery that began before a gap in its heartbeat never starts
-/// DATA at all, even when the heartbeat has resumed since: a successor may be sending
-/// that message already.
+/// heartbeat is `presumed_dead_after` old; it stops starting DATA one heartbeat
+/// interval before that, and a delivery that began before a gap in its heartbeat never
+/// starts DATA at all, even when the heartbeat has resumed since: a successor may be
+/// sending that message already.
 struct Liveness {
     last_beat: Mutex<std::time::Instant>,
     /// Bumped by every heartbeat that follows a gap.
@@ -69,11 +69,14 @@ struct Liveness {
 }
 
 impl Liveness {
-    fn new(presumed_dead_after: Duration) -> Liveness {
+    fn new(settings: &WorkerSettings) -> Liveness {
+        let presumed = settings.presumed_dead_after;
         Liveness {
             last_beat: Mutex::new(std::time::Instant::now()),
             epoch: std::sync::atomic::AtomicU64::new(0),
-            limit: presumed_dead_after / 2,
+            limit: presumed
+                .saturating_sub(settings.heartbeat_interval)
+                .max(presumed / 2),
         }
     }
 
@@ -138,7 +141,7 @@ impl Worker {
     ) -> Worker {
         let topology = Topology::new(&amqp, &retry);
         let id = Uuid::now_v7();
-        let liveness = Liveness::new(settings.presumed_dead_after);
+        let liveness = Liveness::new(&settings);
         let claims = {
             let store = store.clone();
             let presumed_dead_after = settings.presumed_dead_after;
@@ -577,4 +580,42 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(limit_ms: u64) -> Liveness {
+        Liveness {
+            last_beat: Mutex::new(std::time::Instant::now()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            limit: Duration::from_millis(limit_ms),
+        }
+    }
+
+    #[test]
+    fn data_starts_only_while_the_heartbeat_has_been_unbroken_since_the_claim() {
+        let l = liveness(40);
+        let ticket = l.ticket();
+        assert!(l.unbroken_since(ticket));
+        // The heartbeat goes quiet past the limit: no DATA.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!l.unbroken_since(ticket));
+        // It resumes: a delivery claimed before the gap still may not start DATA (a
+        // successor may have it), one claimed after may.
+        l.beat();
+        assert!(!l.unbroken_since(ticket));
+        assert!(l.unbroken_since(l.ticket()));
+    }
+
+    #[test]
+    fn regular_heartbeats_keep_the_same_epoch() {
+        let l = liveness(1000);
+        let ticket = l.ticket();
+        for _ in 0..3 {
+            l.beat();
+        }
+        assert!(l.unbroken_since(ticket));
+    }
 }
