@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::batcher::Batcher;
 use crate::config::OutboxSettings;
-use crate::queue::Publisher;
+use crate::queue::{Job, Publisher};
 use crate::store::Store;
 
 /// Relays until `shutdown`; also forgets expired idempotency keys.
@@ -78,35 +78,25 @@ pub async fn relay_once(
     if ids.is_empty() {
         return Ok(0);
     }
-    let results = futures_util::future::join_all(ids.iter().map(|id| publisher.publish(*id))).await;
-    let published: Vec<Uuid> = ids
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(id, _)| *id)
-        .collect();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+    let jobs: Vec<Job> = ids.into_iter().map(Job::new).collect();
+    let published = publisher.publish_all(&jobs).await;
+    if let Some((_, e)) = published.failed.first() {
         tracing::warn!(
             error = format!("{e:#}"),
-            unpublished = ids.len() - published.len(),
+            unpublished = published.failed.len(),
             "outbox: RabbitMQ still refuses publishes"
         );
-        let failed: Vec<Uuid> = ids
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_err())
-            .map(|(id, _)| *id)
-            .collect();
+        let failed: Vec<Uuid> = published.failed.iter().map(|(id, _)| *id).collect();
         store
             .release_leases(&failed)
             .await
             .context("releasing failed publishes")?;
     }
     store
-        .mark_published(&published)
+        .mark_published(&published.ok)
         .await
         .context("marking messages published")?;
-    Ok(published.len())
+    Ok(published.ok.len())
 }
 
 /// Records "RabbitMQ confirmed this publish" for many messages with one UPDATE: the

@@ -16,13 +16,15 @@
 //! without a break for `presumed_dead_after`, time for live workers to heartbeat
 //! again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::ReconcileSettings;
-use crate::queue::Publisher;
+use crate::queue::{Job, Publisher};
 use crate::store::{Overdue, ReconcileQuery, Store};
 
 /// Runs passes until `shutdown`.
@@ -64,24 +66,20 @@ pub async fn run(
 
 /// Publishes a job for each message found; a failed publish is retried by a later
 /// pass (the message was marked, so after one grace).
-async fn republish(store: &Store, publisher: &Publisher, found: Vec<(uuid::Uuid, Overdue)>) {
-    let results =
-        futures_util::future::join_all(found.iter().map(|(id, _)| publisher.publish(*id))).await;
-    let mut published = Vec::new();
-    for ((id, reason), result) in found.iter().zip(results) {
-        match result {
-            Ok(()) => {
-                crate::metrics::reconciled(reason.as_str());
-                tracing::info!(message_id = %id, reason = reason.as_str(), "reconciler: job republished");
-                published.push(*id);
-            }
-            Err(e) => {
-                tracing::warn!(message_id = %id, reason = reason.as_str(), error = format!("{e:#}"), "reconciler: republishing failed; a later pass retries")
-            }
-        }
+async fn republish(store: &Store, publisher: &Publisher, found: Vec<(Uuid, Overdue)>) {
+    let jobs: Vec<Job> = found.iter().map(|(id, _)| Job::new(*id)).collect();
+    let published = publisher.publish_all(&jobs).await;
+    let reasons: HashMap<Uuid, Overdue> = found.into_iter().collect();
+    for id in &published.ok {
+        let reason = reasons[id].as_str();
+        crate::metrics::reconciled(reason);
+        tracing::info!(message_id = %id, reason, "reconciler: job republished");
+    }
+    for (id, e) in &published.failed {
+        tracing::warn!(message_id = %id, reason = reasons[id].as_str(), error = format!("{e:#}"), "reconciler: republishing failed; a later pass retries");
     }
     // A message that also waited in the outbox needs no second publish from there.
-    if let Err(e) = store.mark_published(&published).await {
+    if let Err(e) = store.mark_published(&published.ok).await {
         tracing::warn!(error = %e, "reconciler: could not clear outbox rows");
     }
 }

@@ -113,19 +113,11 @@ impl AppState {
     /// one channel. A failure is logged, not returned: the messages are committed, and
     /// the outbox relay publishes them later.
     pub async fn publish(&self, jobs: &[Job]) {
-        let results =
-            futures_util::future::join_all(jobs.iter().map(|job| self.publisher.enqueue(job)))
-                .await;
-        let mut published = Vec::with_capacity(jobs.len());
-        for (job, result) in jobs.iter().zip(results) {
-            match result {
-                Ok(()) => published.push(job.id),
-                Err(e) => {
-                    tracing::warn!(message_id = %job.id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it")
-                }
-            }
+        let published = self.publisher.publish_all(jobs).await;
+        for (id, e) in &published.failed {
+            tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it");
         }
-        self.published.mark(published).await;
+        self.published.mark(published.ok).await;
     }
 }
 

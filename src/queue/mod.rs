@@ -5,7 +5,7 @@ mod job;
 mod publisher;
 
 pub use job::Job;
-pub use publisher::Publisher;
+pub use publisher::{Published, Publisher};
 
 use std::time::Duration;
 

@@ -13,6 +13,15 @@ use uuid::Uuid;
 use super::{Job, Topology};
 use crate::config::AmqpSettings;
 
+/// The outcome of [`Publisher::publish_all`].
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Confirmed by the broker.
+    pub ok: Vec<Uuid>,
+    /// Not confirmed: the job may or may not be queued.
+    pub failed: Vec<(Uuid, anyhow::Error)>,
+}
+
 /// Publishes delivery jobs. Concurrent publishes share one confirm-mode channel, so
 /// their confirms are pipelined rather than waited for one at a time.
 pub struct Publisher {
@@ -41,6 +50,20 @@ impl Publisher {
     /// An error means the job may not be queued: the outbox relay will publish it.
     pub async fn publish(&self, id: Uuid) -> anyhow::Result<()> {
         self.enqueue(&Job::new(id)).await
+    }
+
+    /// Publishes many jobs, their confirms pipelined on the one channel; which made it
+    /// and which did not (with why).
+    pub async fn publish_all(&self, jobs: &[Job]) -> Published {
+        let results = futures_util::future::join_all(jobs.iter().map(|j| self.enqueue(j))).await;
+        let mut published = Published::default();
+        for (job, result) in jobs.iter().zip(results) {
+            match result {
+                Ok(()) => published.ok.push(job.id),
+                Err(e) => published.failed.push((job.id, e)),
+            }
+        }
+        published
     }
 
     /// Publishes a job: to the work queue when it is due, else parked in the delay
