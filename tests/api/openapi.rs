@@ -4,7 +4,7 @@
 //! list), against the running app (each listed route is served, no other method on its
 //! path is) and against the document (exactly the listed operations).
 
-mod helpers;
+use crate::helpers;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,7 +116,7 @@ async fn the_document_is_served_without_a_key() {
 
 #[test]
 fn the_router_declares_exactly_the_listed_routes() {
-    let source = include_str!("../src/api/mod.rs");
+    let source = include_str!("../../src/api/mod.rs");
     let start = source.find("pub fn router(").expect("fn router");
     let end = start + source[start..].find("\n}\n").expect("end of fn router");
     let body = &source[start..end];

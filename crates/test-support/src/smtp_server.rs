@@ -6,10 +6,6 @@
 //! server here lets each test decide, step by step, what the relay answers.
 //! It speaks just enough ESMTP for lettre's async transport and for `swaks`,
 //! and records what it saw so that tests can assert on it.
-//!
-//! Each test binary uses a different part of this module, hence the
-//! crate-wide `dead_code` allowance below.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};

@@ -1,6 +1,6 @@
 //! Retries, backoff and faults: every accepted message reaches a terminal status.
 
-mod helpers;
+use crate::helpers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! What operators use: the message listing, retention, metrics, OpenAPI.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::Duration;
 

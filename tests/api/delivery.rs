@@ -1,6 +1,6 @@
 //! The pipeline end to end: HTTP → PostgreSQL → RabbitMQ → worker → SMTP → status.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::Duration;
 

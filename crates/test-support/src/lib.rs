@@ -1,11 +1,12 @@
-//! Shared test harness: `spawn_app()` starts postwire in-process on port 0 with its own
-//! database, its own RabbitMQ queues and a scripted SMTP server.
-#![allow(dead_code, unused_imports)]
+//! The test harness shared by postwire's integration tests and benchmark: `spawn_app()`
+//! starts postwire in-process on port 0 with its own database, its own RabbitMQ queues
+//! and a scripted SMTP server; a cuttable proxy stands in for outages; `postwire`
+//! processes of the real binary are started next to it.
 
 pub mod proxy;
 pub mod smtp_server;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -21,6 +22,29 @@ use uuid::Uuid;
 pub use smtp_server::{
     non_loopback_ip, Action, Event, ReceivedMail, Script, TestSmtpServer, TlsMode,
 };
+
+/// The repository's `config/` directory: the shipped configuration.
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config")
+}
+
+/// The `postwire` binary of this build, next to the test executable (cargo builds a
+/// package's binaries before its integration tests): `target/<profile>/postwire`,
+/// the test being `target/<profile>/deps/<test>-<hash>`.
+pub fn postwire_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join(format!("postwire{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (cargo test builds it)",
+        binary.display()
+    );
+    binary
+}
 
 /// The default sender of the test connection.
 pub const DEFAULT_FROM: &str = "Postwire Test <sender@example.com>";
@@ -55,7 +79,7 @@ fn database_server() -> String {
 /// Settings for a test: the shipped defaults, with a fresh database, unique queue
 /// names, port 0 and the test SMTP server as the default connection.
 pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let dir = config_dir();
     let mut settings = Settings::load_env(Some(&dir), "test").expect("config/default.toml loads");
     let db_name = format!("postwire_test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&format!("{}/postgres", database_server()))
@@ -167,11 +191,7 @@ pub async fn create_key(db: &PgPool, scopes: &[Scope], default_connection: Optio
 }
 
 fn tracing_subscriber_init() -> anyhow::Result<()> {
-    let mut log = Settings::load_env(
-        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")),
-        "test",
-    )?
-    .log;
+    let mut log = Settings::load_env(Some(&config_dir()), "test")?.log;
     log.level = "debug,sqlx=warn,lapin=info".to_owned();
     postwire::telemetry::init(&log)
 }
@@ -197,14 +217,11 @@ impl TestApp {
     pub fn cli(&self, args: &[&str]) -> std::process::Command {
         let s = &self.settings;
         let smtp = s.smtp.default.as_ref().unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_postwire"));
+        let mut command = std::process::Command::new(postwire_binary());
         command
             .args(args)
             .env("POSTWIRE_ENV", "test")
-            .env(
-                "POSTWIRE_CONFIG_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-            )
+            .env("POSTWIRE_CONFIG_DIR", config_dir())
             .env("POSTWIRE__DATABASE__URL", &s.database.url)
             .env("POSTWIRE__DATABASE__MIGRATE_ON_START", "false")
             .env("POSTWIRE__DATABASE__MAX_CONNECTIONS", "4")

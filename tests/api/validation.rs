@@ -1,6 +1,6 @@
 //! Bad input gets a 4xx naming the field, and nothing is stored or queued.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{assert_problem, assert_refused, message_with as with, spawn_app};
 use serde_json::{json, Value};

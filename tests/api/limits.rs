@@ -3,7 +3,7 @@
 //! `Retry-After`, memory stays bounded under large bodies and under client-chosen
 //! cache keys.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! that hangs instead of refusing, a worker frozen mid-DATA and resumed. Each counts
 //! messages: lost = 0, and duplicates only in the unavoidable window.
 
-mod helpers;
+use crate::helpers;
 
 use std::collections::HashMap;
 use std::process::Child;

@@ -1,7 +1,7 @@
 //! Hostile input: nothing queued for any of it; and what must pass, passes intact.
 //! Also the XML form of the API.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::Duration;
 

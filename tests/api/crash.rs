@@ -1,6 +1,6 @@
 //! Crash safety: worker processes killed with SIGKILL mid-run lose nothing.
 
-mod helpers;
+use crate::helpers;
 
 use std::collections::HashMap;
 use std::process::Child;

@@ -1,6 +1,6 @@
 //! API keys, scopes, stored connections and their secrets, TLS.
 
-mod helpers;
+use crate::helpers;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -896,13 +896,10 @@ async fn blank_username_and_password_from_a_form_mean_no_auth() {
 #[tokio::test]
 async fn without_postwire_env_the_binary_refuses_to_start_without_a_master_key() {
     let run = |env: Option<&str>| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_postwire"));
+        let mut command = std::process::Command::new(helpers::postwire_binary());
         command
             .arg("migrate")
-            .env(
-                "POSTWIRE_CONFIG_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-            )
+            .env("POSTWIRE_CONFIG_DIR", helpers::config_dir())
             .env(
                 "POSTWIRE__DATABASE__URL",
                 "postgres://nobody@127.0.0.1:1/none",
