@@ -8,7 +8,7 @@
 # 1. postwire: builds the release binary, makes sure PostgreSQL, RabbitMQ and Postfix's
 #    smtp-sink (127.0.0.1:2525) run, recreates the database postwire_bench, starts one
 #    `serve --role api` and N `serve --role worker` processes (their own queue prefix),
-#    creates an API key if the build has them, runs `postwire bench` against them and
+#    creates an API key if the build has them, runs `postwire-bench` (crates/bench) against them and
 #    stops them. Only one run at a time (lock /tmp/postwire-bench.lock).
 # 2. Postfix: the same number of equal-sized messages through a separate Postfix
 #    instance (its own config, queue and data directories under $PF_ROOT) listening on
@@ -53,6 +53,7 @@ flock -n 9 || { log "another scripts/bench.sh is running (lock /tmp/postwire-ben
 OUT=${OUT:-/tmp/postwire-bench/$(date +%Y%m%d-%H%M%S)-$MODE}
 mkdir -p "$OUT"
 BIN=${CARGO_TARGET_DIR:-target}/release/postwire
+BENCH_BIN=${CARGO_TARGET_DIR:-target}/release/postwire-bench
 DB=postwire_bench
 DB_URL=postgres://postgres@127.0.0.1:5432/$DB
 SINK_LOG=/tmp/postwire-smtp-sink.log   # written by scripts/services.sh --smtp-sink
@@ -83,7 +84,7 @@ sink_count() { # messages smtp-sink has taken so far (its -c counter), or empty
   [ -r "$SINK_LOG" ] && tail -c 300 "$SINK_LOG" | grep -o 'mesg=[0-9]*' | tail -n1 | cut -d= -f2 || true
 }
 # CPU of the machine and of every process (clock ticks from /proc), to see what was
-# busy during the Postfix run and before the run (postwire bench reports its own).
+# busy during the Postfix run and before the run (postwire-bench reports its own).
 cpu_snapshot() { # file
   { head -n1 /proc/stat; cat /proc/[0-9]*/stat 2>/dev/null; } >"$1"
 }
@@ -119,9 +120,11 @@ wait_http() { # url seconds
 if [ -n "${POSTWIRE_BIN:-}" ]; then
   BIN=$POSTWIRE_BIN
   log "using $BIN"
+  log "building the load generator"
+  cargo build --release --quiet -p postwire-bench
 else
-  log "building the release binary"
-  cargo build --release --quiet
+  log "building the release binaries"
+  cargo build --release --quiet -p postwire -p postwire-bench
 fi
 scripts/services.sh --smtp-sink 9>&- # daemons it starts must not hold the lock
 
@@ -202,8 +205,8 @@ if [ "$MODE" = batch ]; then
 fi
 
 SINK_BEFORE=$(sink_count)
-log "postwire bench: $COUNT messages, $MODE mode, $CONCURRENCY clients, $WORKERS worker(s)"
-"$BIN" bench --url "http://127.0.0.1:$PORT" --database-url "$DB_URL" --mode "$MODE" \
+log "postwire-bench: $COUNT messages, $MODE mode, $CONCURRENCY clients, $WORKERS worker(s)"
+"$BENCH_BIN" --url "http://127.0.0.1:$PORT" --database-url "$DB_URL" --mode "$MODE" \
   --count "$COUNT" --concurrency "$CONCURRENCY" --batch-size "$BATCH" --size "$SIZE" \
   "${AUTH[@]}" --api-pid "$API_PID" "${WORKER_ARGS[@]}" --json-out "$OUT/postwire.json" | tee "$OUT/postwire.txt"
 stop_postwire

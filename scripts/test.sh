@@ -12,6 +12,6 @@ psql -h 127.0.0.1 -U postgres -qtAc \
 # side, so the long fault tests (minutes of outage) overlap the rest; plain cargo test
 # runs them one after another.
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --all-targets --no-fail-fast "$@"
+  exec cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 fi
-exec cargo test --all-targets "$@"
+exec cargo test --workspace --all-targets "$@"

@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod api;
 pub mod batcher;
-pub mod bench;
 pub mod config;
 pub mod connections;
 pub mod crypto;

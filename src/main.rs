@@ -32,8 +32,6 @@ enum Command {
     /// Manage stored SMTP connections.
     #[command(subcommand)]
     Connections(postwire::admin::ConnectionsCommand),
-    /// Load-test a running postwire and report throughput, latency and memory.
-    Bench(Box<postwire::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -70,7 +68,6 @@ fn main() -> ExitCode {
             }
             Command::Keys(command) => postwire::admin::keys(&settings, command).await,
             Command::Connections(command) => postwire::admin::connections(&settings, command).await,
-            Command::Bench(args) => postwire::bench::run(*args, &settings).await,
         }
     });
     match result {

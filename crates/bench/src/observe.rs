@@ -31,12 +31,7 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
-        .with_context(|| {
-            format!(
-                "connecting to the database {}",
-                crate::config::redact_url(url)
-            )
-        })
+        .context("connecting to the database (--database-url)")
 }
 
 /// The database's clock now: the run's start, comparable with `created_at` and

@@ -282,8 +282,8 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::pgwait::StateShare;
-    use crate::bench::procfs::ProcessCpu;
+    use crate::pgwait::StateShare;
+    use crate::procfs::ProcessCpu;
 
     fn usage(busy: f64, top: &[(&str, f64)]) -> CpuUsage {
         CpuUsage {

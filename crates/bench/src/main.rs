@@ -1,5 +1,6 @@
-//! `postwire bench`: drives a running postwire over HTTP and watches PostgreSQL until
-//! everything it sent is delivered.
+//! `postwire-bench`: drives a running postwire over its public HTTP API and watches
+//! PostgreSQL until everything it sent is delivered. Its own crate, so that the
+//! server carries none of its dependencies (an HTTP client, progress bars).
 //!
 //! Phase 1 ([`load`]) sends messages with N concurrent clients and records each
 //! accepted id and request latency. Phase 2 ([`observe`]) polls the `messages` table
@@ -23,7 +24,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use clap::Parser;
 use load::{LoadOutcome, LoadPlan};
 use observe::{Deliveries, StatusCounts};
 use procfs::{CpuSnapshot, CpuUsage, RssSampler};
@@ -39,15 +40,20 @@ pub enum Mode {
     Batch,
 }
 
-/// Arguments of `postwire bench`.
-#[derive(Debug, Clone, clap::Args)]
+/// Load-tests a running postwire and reports throughput, latency and memory.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
 pub struct BenchArgs {
     /// Base URL of the postwire API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// PostgreSQL URL postwire writes to [default: database.url of the configuration].
-    #[arg(long)]
-    pub database_url: Option<String>,
+    /// PostgreSQL URL postwire writes to.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postwire"
+    )]
+    pub database_url: String,
     /// One message per request, or batches.
     #[arg(long, value_enum, default_value_t = Mode::Single)]
     pub mode: Mode,
@@ -97,15 +103,22 @@ pub struct BenchArgs {
     pub timeout: u64,
 }
 
-/// Runs the benchmark and prints its report; `settings` supplies the default database
-/// URL. Fails only when it cannot run at all (no database, bad arguments); failed
-/// requests and undelivered messages are results, not errors.
-pub async fn run(args: BenchArgs, settings: &Settings) -> anyhow::Result<()> {
-    let database_url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| settings.database.url.clone());
-    let pool = observe::connect(&database_url).await?;
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postwire-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark and prints its report. Fails only when it cannot run at all (no
+/// database, bad arguments); failed requests and undelivered messages are results,
+/// not errors.
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let pool = observe::connect(&args.database_url).await?;
     let plan = LoadPlan {
         url: args.url.clone(),
         mode: args.mode,
