@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::ConnectionSettings;
 use crate::crypto::Cipher;
 use crate::domain::{Mailbox, Secret, Security, SmtpConnection};
-use crate::store::{ConnectionRow, Store};
+use crate::store::{ConnectionRow, Store, StoreError};
 
 /// How long a looked-up connection is reused before asking PostgreSQL again; also how
 /// long an update takes to reach other processes.
@@ -78,20 +78,18 @@ impl Directory {
     }
 
     /// The connection called `name`, or `None` when there is none.
-    pub async fn get(&self, name: &str) -> anyhow::Result<Option<Arc<SmtpConnection>>> {
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<SmtpConnection>>, StoreError> {
         if let Some(c) = self.configured.as_ref().filter(|c| c.name == name) {
             return Ok(Some(c.clone()));
         }
         if let Some(found) = self.cache.get(name) {
             return Ok(found);
         }
-        let found = match self
-            .store
-            .get_connection(name)
-            .await
-            .context("loading the connection")?
-        {
-            Some(row) => Some(Arc::new(self.from_row(&row)?)),
+        let found = match self.store.get_connection(name).await? {
+            Some(row) => Some(Arc::new(
+                self.from_row(&row)
+                    .map_err(|e| StoreError::Internal(format!("{e:#}")))?,
+            )),
             None => None,
         };
         self.cache.insert(name.to_owned(), found.clone());

@@ -40,10 +40,7 @@ impl KeyCache {
         if let Some(row) = self.entries.as_ref().and_then(|e| e.get(lookup)) {
             return Ok(row);
         }
-        let row = store
-            .find_api_key(lookup)
-            .await
-            .map_err(ApiError::database)?;
+        let row = store.find_api_key(lookup).await?;
         if let Some(entries) = &self.entries {
             entries.insert(lookup.to_owned(), row.clone());
             crate::metrics::cache_entries("api_keys", entries.entry_count());

@@ -233,12 +233,7 @@ pub async fn create(
             errors,
         });
     }
-    if !state
-        .store
-        .insert_connection(&row)
-        .await
-        .map_err(ApiError::database)?
-    {
+    if !state.store.insert_connection(&row).await? {
         return Err(ApiError::Conflict(format!(
             "a connection named {:?} already exists",
             row.name
@@ -385,8 +380,7 @@ async fn load(state: &AppState, name: &str) -> Result<ConnectionRow, ApiError> {
     state
         .store
         .get_connection(name)
-        .await
-        .map_err(ApiError::database)?
+        .await?
         .ok_or_else(|| ApiError::no_connection(name, None))
 }
 
@@ -414,11 +408,7 @@ pub struct ConnectionList {
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ConnectionList>, ApiError> {
-    let rows = state
-        .store
-        .list_connections()
-        .await
-        .map_err(ApiError::database)?;
+    let rows = state.store.list_connections().await?;
     Ok(Json(ConnectionList {
         connections: rows.iter().map(ConnectionView::from).collect(),
     }))
@@ -503,11 +493,7 @@ pub async fn update(
             errors,
         });
     }
-    state
-        .store
-        .update_connection(&row)
-        .await
-        .map_err(ApiError::database)?;
+    state.store.update_connection(&row).await?;
     state.connections.forget(&name);
     tracing::info!(connection = %name, password_cleared, "connection updated");
     let mut view = ConnectionView::from(&load(&state, &name).await?);
@@ -561,7 +547,7 @@ pub async fn delete(
         .store
         .delete_connection(&name, query.force)
         .await
-        .map_err(ApiError::database)?
+        ?
     {
         DeleteConnection::Deleted => {
             state.connections.forget(&name);
@@ -610,8 +596,7 @@ pub async fn verify(
     let connection = state
         .connections
         .get(&name)
-        .await
-        .map_err(ApiError::Internal)?
+        .await?
         .ok_or_else(|| ApiError::no_connection(&name, None))?;
     Ok(Json(
         crate::smtp::verify(&connection, &state.settings.smtp).await,

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::FieldError;
+use crate::store::StoreError;
 
 /// Everything a handler can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -72,17 +73,6 @@ impl ApiError {
         ApiError::NotFound {
             detail: format!("no SMTP connection named {name:?}"),
             field,
-        }
-    }
-
-    /// Maps a database error: unreachable → 503 (so clients retry), anything else → 500.
-    pub fn database(err: impl Into<Arc<sqlx::Error>>) -> ApiError {
-        let err = err.into();
-        if crate::store::is_unavailable(&err) {
-            tracing::warn!(error = %err, "database unavailable");
-            ApiError::Unavailable("the database is unavailable".to_owned())
-        } else {
-            ApiError::Internal(anyhow::Error::new(err).context("database error"))
         }
     }
 
@@ -154,6 +144,39 @@ pub struct Problem {
     /// One entry per invalid field; absent when the problem is not about fields.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+/// The one place where a store failure becomes an answer: unavailable → 503 (clients
+/// retry), conflict → 409, not found → 404, anything else → 500.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                ApiError::Unavailable("the database is unavailable".to_owned())
+            }
+            StoreError::Conflict(detail) => ApiError::Conflict(detail),
+            StoreError::NotFound => ApiError::NotFound {
+                detail: "not found".to_owned(),
+                field: None,
+            },
+            StoreError::Internal(detail) => {
+                ApiError::Internal(anyhow::anyhow!("database error: {detail}"))
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        StoreError::from(e).into()
+    }
+}
+
+impl From<Arc<sqlx::Error>> for ApiError {
+    fn from(e: Arc<sqlx::Error>) -> ApiError {
+        StoreError::from(e).into()
+    }
 }
 
 impl IntoResponse for ApiError {

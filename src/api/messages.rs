@@ -106,8 +106,7 @@ pub async fn get(
     let message = state
         .store
         .get_message(id)
-        .await
-        .map_err(ApiError::database)?
+        .await?
         .ok_or_else(|| not_found(id))?;
     Ok(Json(message.into()))
 }
@@ -176,12 +175,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Json<EventsView>, ApiError> {
     let id = parse_id(&id)?;
-    let events = state
-        .store
-        .events(id)
-        .await
-        .map_err(ApiError::database)?
-        .ok_or_else(|| not_found(id))?;
+    let events = state.store.events(id).await?.ok_or_else(|| not_found(id))?;
     Ok(Json(EventsView {
         id,
         events: events.into_iter().map(Into::into).collect(),
@@ -215,7 +209,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
-    match state.store.cancel(id).await.map_err(ApiError::database)? {
+    match state.store.cancel(id).await? {
         Cancel::Cancelled(connection) => {
             tracing::info!(message_id = %id, connection = %connection, "cancelled");
             crate::metrics::message(&connection, "cancelled");
@@ -350,11 +344,7 @@ pub async fn list(
             .transpose()?,
         limit,
     };
-    let rows = state
-        .store
-        .list_messages(&filter)
-        .await
-        .map_err(ApiError::database)?;
+    let rows = state.store.list_messages(&filter).await?;
     let next_cursor = (rows.len() == limit as usize)
         .then(|| rows.last().map(|m| m.id.to_string()))
         .flatten();

@@ -100,8 +100,7 @@ impl AppState {
         let connection = self
             .connections
             .get(&name)
-            .await
-            .map_err(ApiError::Internal)?
+            .await?
             .ok_or_else(|| ApiError::no_connection(&name, Some("connection")))?;
         Ok(SendConnection {
             name: connection.name.clone(),

@@ -380,7 +380,7 @@ async fn accept(
                 .write(Arc::clone(&prepared))
                 .await
                 .map(|()| Accept::Committed)
-                .map_err(ApiError::database)?
+                ?
         } else {
             let record = key.as_deref().map(|key| IdempotencyRecord {
                 scope: &scope,
@@ -393,7 +393,7 @@ async fn accept(
                 .store
                 .accept(&rows(prepared.iter()), record.as_ref())
                 .await
-                .map_err(ApiError::database)?
+                ?
         };
         if let Accept::Committed = accepted {
             for p in prepared.iter() {

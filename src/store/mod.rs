@@ -82,6 +82,54 @@ fn status_of(row: &sqlx::postgres::PgRow) -> Result<Status, sqlx::Error> {
         .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
+/// What went wrong at the store boundary, by class: callers decide on the class
+/// (the API: 503, 409, 404 or 500), never on the driver's error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unreachable, overloaded or a transient conflict (deadlock, serialization):
+    /// worth retrying.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A unique or exclusion constraint refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row that had to exist does not.
+    #[error("not found")]
+    NotFound,
+    /// Anything else: a bug, a refused value, a decode failure.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<&sqlx::Error> for StoreError {
+    fn from(e: &sqlx::Error) -> StoreError {
+        if is_unavailable(e) {
+            return StoreError::Unavailable(e.to_string());
+        }
+        match e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| c == "23505" || c == "23P01") =>
+            {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::from(&e)
+    }
+}
+
+impl From<std::sync::Arc<sqlx::Error>> for StoreError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> StoreError {
+        StoreError::from(e.as_ref())
+    }
+}
+
 /// True for errors that mean "the database is unreachable, overloaded or hit a
 /// transient conflict" rather than a bug: worth retrying, and the API answers those
 /// with 503 and `Retry-After`.

@@ -815,3 +815,26 @@ async fn a_duplicate_job_never_attempts_a_deferred_message_before_it_is_due() {
         times[1] - times[0]
     );
 }
+
+/// The connection lookup is the first thing a send through a stored connection does:
+/// during an outage it must say 503 (retry), like the commit would, not 500.
+#[tokio::test]
+async fn a_send_through_a_stored_connection_during_an_outage_is_a_503() {
+    let database = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let port = database.port();
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        s.database.url = s.database.url.replace(":5432/", &format!(":{port}/"));
+        s.database.acquire_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let relay = json!({"name": "relay-1", "host": "127.0.0.1", "port": app.smtp.port(),
+                       "security": "none", "default_from": "Relay <relay@example.com>"});
+    assert_eq!(app.post("/v1/connections", &relay).await.status().as_u16(), 201);
+    database.cut();
+    let mut body = simple_message();
+    body["connection"] = json!("relay-1");
+    let response = app.send(&body).await;
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    database.restore();
+}
