@@ -4,6 +4,7 @@
 //! [`store`]. [`startup`] wires the parts for a role; `main.rs` only parses the command
 //! line.
 
+pub mod accept;
 pub mod admin;
 pub mod api;
 pub mod batcher;
@@ -14,7 +15,6 @@ pub mod domain;
 pub mod keys;
 pub mod metrics;
 pub mod mime;
-pub mod outbox;
 pub mod queue;
 pub mod reconcile;
 pub mod retention;

@@ -136,7 +136,7 @@ impl Application {
             shutdown.clone(),
         ));
         if let Some((listener, router, publisher, store)) = self.api {
-            tasks.spawn(crate::outbox::run(
+            tasks.spawn(crate::accept::outbox::run(
                 store,
                 publisher.clone(),
                 self.settings.outbox.clone(),

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::accept::AcceptError;
 use crate::domain::FieldError;
 use crate::store::StoreError;
 
@@ -163,6 +164,24 @@ impl From<StoreError> for ApiError {
             StoreError::Internal(detail) => {
                 ApiError::Internal(anyhow::anyhow!("database error: {detail}"))
             }
+        }
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> ApiError {
+        match e {
+            AcceptError::Invalid { too_large, errors } => ApiError::Invalid {
+                status: if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                errors,
+            },
+            AcceptError::NoConnection(name) => ApiError::no_connection(&name, Some("connection")),
+            AcceptError::Store(e) => e.into(),
+            AcceptError::Internal(e) => ApiError::Internal(e),
         }
     }
 }

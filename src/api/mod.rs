@@ -25,11 +25,10 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::accept::Acceptor;
 use crate::config::Settings;
 use crate::connections::Directory;
-use crate::domain::{parse_connection_name, Mailbox};
-use crate::keys::Principal;
-use crate::queue::{Job, Publisher};
+use crate::queue::Publisher;
 use crate::store::Store;
 
 /// Shared state of every handler.
@@ -37,10 +36,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub publisher: Arc<Publisher>,
-    /// Records confirmed publishes in batches.
-    pub published: crate::outbox::PublishedMarks,
-    /// Group-commits the sends that carry no idempotency key.
-    pub(crate) commits: send::Commits,
+    /// The accept pipeline of the send endpoints.
+    pub acceptor: Arc<Acceptor>,
     pub connections: Arc<Directory>,
     pub keys: Arc<auth::KeyCache>,
     /// Bytes of request bodies in flight, all requests together.
@@ -56,8 +53,12 @@ impl AppState {
         settings: Arc<Settings>,
     ) -> AppState {
         AppState {
-            published: crate::outbox::PublishedMarks::start(store.clone()),
-            commits: send::commits(store.clone()),
+            acceptor: Arc::new(Acceptor::new(
+                store.clone(),
+                publisher.clone(),
+                connections.clone(),
+                settings.clone(),
+            )),
             keys: Arc::new(auth::KeyCache::new(settings.security.api_key_cache)),
             body_budget: Arc::new(inflight::BodyBudget::new(
                 settings.server.max_body_bytes_in_flight,
@@ -67,56 +68,6 @@ impl AppState {
             connections,
             settings,
         }
-    }
-}
-
-/// The SMTP connection a send goes through, as far as the API needs to know it.
-#[derive(Debug, Clone)]
-pub struct SendConnection {
-    pub name: String,
-    pub default_from: Option<Mailbox>,
-}
-
-impl AppState {
-    /// Resolves the connection of a send: the one it names, else the API key's
-    /// default, else the configured default.
-    pub async fn connection(
-        &self,
-        requested: Option<&str>,
-        principal: &Principal,
-    ) -> Result<SendConnection, ApiError> {
-        let name = requested
-            .or(principal.default_connection.as_deref())
-            .or(self.connections.configured_name())
-            .ok_or_else(|| {
-                ApiError::field(
-                    "connection",
-                    "is required: no default SMTP connection is configured",
-                )
-            })?;
-        // Checked before any lookup: a name that cannot exist costs no query and no
-        // cache entry.
-        let name = parse_connection_name(name).map_err(|e| ApiError::field("connection", e))?;
-        let connection = self
-            .connections
-            .get(&name)
-            .await?
-            .ok_or_else(|| ApiError::no_connection(&name, Some("connection")))?;
-        Ok(SendConnection {
-            name: connection.name.clone(),
-            default_from: connection.default_from.clone(),
-        })
-    }
-
-    /// Publishes the delivery jobs of committed messages, their confirms pipelined on
-    /// one channel. A failure is logged, not returned: the messages are committed, and
-    /// the outbox relay publishes them later.
-    pub async fn publish(&self, jobs: &[Job]) {
-        let published = self.publisher.publish_all(jobs).await;
-        for (id, e) in &published.failed {
-            tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it");
-        }
-        self.published.mark(published.ok).await;
     }
 }
 

@@ -14,22 +14,6 @@ use super::ApiError;
 /// on the blocking pool rather than on an async worker thread.
 pub(crate) const LARGE_BODY: usize = 64 * 1024;
 
-/// Runs `work` on the blocking pool when `large`: parsing, decoding and encoding
-/// megabytes would stall an async worker thread, and with it every other request
-/// that thread serves.
-pub(crate) async fn off_runtime<T: Send + 'static>(
-    large: bool,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    if large {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))
-    } else {
-        Ok(work())
-    }
-}
-
 /// A request body type, and the shape it takes in XML.
 pub trait RequestBody: DeserializeOwned + Send + 'static {
     /// The XML form, turned into `Self` after parsing.
@@ -88,7 +72,7 @@ where
             };
             Ok(Payload(value, digest))
         };
-        off_runtime(bytes_len > LARGE_BODY, parse).await?
+        crate::accept::off_runtime(bytes_len > LARGE_BODY, parse).await?
     }
 }
 

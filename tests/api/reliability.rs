@@ -829,7 +829,10 @@ async fn a_send_through_a_stored_connection_during_an_outage_is_a_503() {
     .await;
     let relay = json!({"name": "relay-1", "host": "127.0.0.1", "port": app.smtp.port(),
                        "security": "none", "default_from": "Relay <relay@example.com>"});
-    assert_eq!(app.post("/v1/connections", &relay).await.status().as_u16(), 201);
+    assert_eq!(
+        app.post("/v1/connections", &relay).await.status().as_u16(),
+        201
+    );
     database.cut();
     let mut body = simple_message();
     body["connection"] = json!("relay-1");
