@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::Security;
+use crate::domain::{ConnectionFields, FieldError};
 
 /// The whole configuration of a postwire process.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,15 +35,15 @@ pub struct Settings {
 }
 
 /// Secrets at rest.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
     /// AES-256 key (base64 of 32 bytes) encrypting SMTP passwords.
     #[serde(default)]
-    pub master_key: Option<String>,
+    pub master_key: Option<SecretString>,
     /// Keys that encrypted older values; kept for decryption during a rotation.
     #[serde(default)]
-    pub previous_master_keys: Vec<String>,
+    pub previous_master_keys: Vec<SecretString>,
     /// How long a verified API key is remembered; a revocation takes this long to
     /// reach running processes.
     #[serde(default = "default_key_cache", with = "humantime_serde")]
@@ -51,18 +52,6 @@ pub struct SecuritySettings {
 
 fn default_key_cache() -> Duration {
     Duration::from_secs(5)
-}
-
-impl std::fmt::Debug for SecuritySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecuritySettings")
-            .field(
-                "master_key",
-                &self.master_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("previous_master_keys", &self.previous_master_keys.len())
-            .finish()
-    }
 }
 
 /// When and how often a transient failure is retried.
@@ -291,55 +280,8 @@ pub struct SmtpSettings {
     /// system's, for relays with a private CA. Host names are checked all the same.
     #[serde(default)]
     pub extra_root_certificates: Vec<std::path::PathBuf>,
-    /// The connection used when a send names none.
-    pub default: Option<ConnectionSettings>,
-}
-
-/// An SMTP connection declared in configuration.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectionSettings {
-    #[serde(default = "default_connection_name")]
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub security: Security,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default)]
-    pub default_from: Option<String>,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u16,
-    /// AUTH may go over `security = "none"` to a host other than loopback.
-    #[serde(default)]
-    pub allow_plaintext_auth: bool,
-}
-
-fn default_connection_name() -> String {
-    "default".to_owned()
-}
-
-fn default_max_connections() -> u16 {
-    8
-}
-
-impl std::fmt::Debug for ConnectionSettings {
-    // Never print the password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionSettings")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("security", &self.security)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("default_from", &self.default_from)
-            .field("max_connections", &self.max_connections)
-            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
-            .finish()
-    }
+    /// The connection used when a send names none (its name defaults to `default`).
+    pub default: Option<ConnectionFields>,
 }
 
 /// Limits on what a send may contain.
@@ -409,6 +351,9 @@ impl Settings {
             .with_context(|| format!("reading configuration from {}", dir.display()))?;
         let mut settings: Settings = raw.try_deserialize().context("invalid configuration")?;
         settings.environment = env;
+        if let Some(conn) = settings.smtp.default.as_mut().filter(|c| c.name.is_empty()) {
+            conn.name = "default".to_owned();
+        }
         settings.check()?;
         settings.cipher()?;
         Ok(settings)
@@ -418,8 +363,14 @@ impl Settings {
     /// is required: the process refuses to start without one.
     pub fn cipher(&self) -> anyhow::Result<crate::crypto::Cipher> {
         match &self.security.master_key {
-            Some(key) if !key.trim().is_empty() => {
-                crate::crypto::Cipher::new(key, &self.security.previous_master_keys)
+            Some(key) if !key.expose_secret().trim().is_empty() => {
+                let previous: Vec<String> = self
+                    .security
+                    .previous_master_keys
+                    .iter()
+                    .map(|k| k.expose_secret().to_owned())
+                    .collect();
+                crate::crypto::Cipher::new(key.expose_secret(), &previous)
             }
             _ if matches!(self.environment.as_str(), "development" | "test") => {
                 tracing::warn!(
@@ -489,48 +440,49 @@ impl Settings {
             self.worker.presumed_dead_after > self.worker.heartbeat_interval * 2,
             "worker.presumed_dead_after must be more than twice worker.heartbeat_interval"
         );
-        crate::smtp::tls::extra_roots(&self.smtp.extra_root_certificates)
-            .map_err(anyhow::Error::msg)?;
         if let Some(conn) = &self.smtp.default {
-            anyhow::ensure!(!conn.host.is_empty(), "smtp.default.host must not be empty");
-            anyhow::ensure!(
-                conn.max_connections > 0,
-                "smtp.default.max_connections must be at least 1"
-            );
-            if let Some(refusal) = crate::domain::plaintext_auth_refusal(
-                conn.security,
-                &conn.host,
-                conn.username.is_some(),
-                conn.allow_plaintext_auth,
-            ) {
-                anyhow::bail!("smtp.default: {refusal} (smtp.default.allow_plaintext_auth)");
-            }
-            if let Some(from) = &conn.default_from {
-                crate::domain::Mailbox::parse(from)
-                    .map_err(|e| anyhow::anyhow!("smtp.default.default_from: {e}"))?;
-            }
+            conn.clone().parse().map_err(|errors| {
+                anyhow::anyhow!("smtp.default: {}", FieldError::describe(&errors))
+            })?;
         }
         Ok(())
     }
 }
 
-/// Hides the password part of a URL such as `postgres://user:secret@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:<redacted>{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// Query parameters that carry a secret (libpq's `password`, `sslpassword`, and the
+/// usual others).
+const SECRET_PARAMETERS: [&str; 6] = ["password", "sslpassword", "pass", "pwd", "secret", "token"];
+
+/// A URL such as `postgres://user:secret@host/db?password=...` with every password
+/// replaced by `redacted`; a URL that does not parse is not shown at all.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<unparseable URL>".to_owned();
+    };
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which this one has.
+        let _ = url.set_password(Some("redacted"));
     }
+    let is_secret = |key: &str| {
+        SECRET_PARAMETERS
+            .iter()
+            .any(|s| key.eq_ignore_ascii_case(s))
+    };
+    if url.query_pairs().any(|(key, _)| is_secret(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_secret(&key) {
+                    "redacted".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -541,12 +493,17 @@ mod tests {
     fn redact_url_hides_the_password_only() {
         assert_eq!(
             redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:<redacted>@127.0.0.1:5672/%2f"
+            "amqp://guest:redacted@127.0.0.1:5672/%2f"
         );
         assert_eq!(
             redact_url("postgres://localhost/db"),
             "postgres://localhost/db"
         );
+        assert_eq!(
+            redact_url("postgres://u@db.example/x?sslmode=require&Password=s3cret&password=x"),
+            "postgres://u@db.example/x?sslmode=require&Password=redacted&password=redacted"
+        );
+        assert_eq!(redact_url("not a url hunter2"), "<unparseable URL>");
     }
 
     fn shipped(env: &str) -> anyhow::Result<Settings> {
@@ -568,8 +525,6 @@ mod tests {
         for secret in ["bWFzdGVyLWtleS1zZWNyZXQ", "db-secret", "smtp-secret"] {
             assert!(!printed.contains(secret), "{secret} leaked");
         }
-        let secret = crate::domain::Secret::new("hunter2");
-        assert_eq!(format!("{secret:?}"), "<redacted>");
     }
 
     #[test]
@@ -591,7 +546,7 @@ mod tests {
         settings.security.master_key = None;
         let err = settings.cipher().unwrap_err().to_string();
         assert!(err.contains("security.master_key"), "{err}");
-        settings.security.master_key = Some(crate::crypto::Cipher::generate_key());
+        settings.security.master_key = Some(crate::crypto::Cipher::generate_key().into());
         assert!(settings.cipher().is_ok());
     }
 

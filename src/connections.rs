@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::ConnectionSettings;
 use crate::crypto::Cipher;
-use crate::domain::{Mailbox, Secret, Security, SmtpConnection};
+use crate::domain::{ConnectionFields, FieldError, Mailbox, SmtpConnection};
 use crate::store::{ConnectionRow, Store, StoreError};
 
 /// How long a looked-up connection is reused before asking PostgreSQL again; also how
@@ -32,29 +31,13 @@ impl Directory {
     pub fn new(
         store: Store,
         cipher: Cipher,
-        configured: Option<&ConnectionSettings>,
+        configured: Option<&ConnectionFields>,
     ) -> anyhow::Result<Directory> {
         let configured = configured
-            .map(|c| -> anyhow::Result<Arc<SmtpConnection>> {
-                Ok(Arc::new(SmtpConnection {
-                    name: c.name.clone(),
-                    host: c.host.clone(),
-                    port: c.port,
-                    security: c.security,
-                    username: c.username.clone(),
-                    password: c.password.clone().map(Secret::new),
-                    credentials_error: None,
-                    default_from: c
-                        .default_from
-                        .as_deref()
-                        .map(Mailbox::parse)
-                        .transpose()
-                        .context("smtp.default.default_from")?,
-                    max_connections: c.max_connections,
-                    max_rate_per_second: None,
-                    allow_plaintext_auth: c.allow_plaintext_auth,
-                    revision: 0,
-                }))
+            .map(|c| {
+                c.clone().parse().map(Arc::new).map_err(|errors| {
+                    anyhow::anyhow!("smtp.default: {}", FieldError::describe(&errors))
+                })
             })
             .transpose()?;
         Ok(Directory {
@@ -109,7 +92,7 @@ impl Directory {
             String::from_utf8(clear).map_err(|_| crate::crypto::CryptoError::Malformed)
         }) {
             None => (None, None),
-            Some(Ok(clear)) => (Some(Secret::new(clear)), None),
+            Some(Ok(clear)) => (Some(clear.into()), None),
             // Not an error of the lookup: sends are still accepted, and delivery
             // waits (without AUTH) until an operator fixes the key or the password.
             Some(Err(e)) => {
@@ -126,7 +109,7 @@ impl Directory {
             name: row.name.clone(),
             host: row.host.clone(),
             port: u16::try_from(row.port).context("stored port")?,
-            security: parse_security(&row.security)?,
+            security: row.security,
             username: row.username.clone(),
             password,
             credentials_error,
@@ -141,24 +124,5 @@ impl Directory {
             allow_plaintext_auth: row.allow_plaintext_auth,
             revision: row.updated_at.timestamp_micros(),
         })
-    }
-}
-
-/// The security mode of its stored form.
-pub fn parse_security(s: &str) -> anyhow::Result<Security> {
-    Ok(match s {
-        "starttls" => Security::Starttls,
-        "tls" => Security::Tls,
-        "none" => Security::None,
-        other => anyhow::bail!("unknown security {other:?}"),
-    })
-}
-
-/// The stored form of a security mode.
-pub fn security_str(s: Security) -> &'static str {
-    match s {
-        Security::Starttls => "starttls",
-        Security::Tls => "tls",
-        Security::None => "none",
     }
 }

@@ -5,6 +5,7 @@ use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::store::{ApiKeyRow, Store};
@@ -111,13 +112,10 @@ pub fn split(presented: &str) -> Option<(&str, &str)> {
 /// Checks a presented secret against a stored key, in constant time.
 pub fn verify(row: &ApiKeyRow, secret: &str) -> bool {
     let presented = Sha256::digest(secret.as_bytes());
-    row.secret_hash.len() == presented.len()
-        && row
-            .secret_hash
-            .iter()
-            .zip(presented.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    row.secret_hash
+        .as_slice()
+        .ct_eq(presented.as_slice())
+        .into()
 }
 
 /// A stored key as a principal (scopes it does not know are ignored).

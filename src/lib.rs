@@ -1,8 +1,10 @@
 //! postwire: a queue-backed SMTP delivery service.
 //!
-//! Data flows one way: [`api`] → [`store`] / [`queue`] → [`worker`] → [`smtp`] →
-//! [`store`]. [`startup`] wires the parts for a role; `main.rs` only parses the command
-//! line.
+//! Two pipelines, each with one home: [`accept`] (validate → render → commit with
+//! idempotency and outbox → publish) and [`delivery`] (claim → send → decide → record).
+//! Data flows one way: [`api`] → [`accept`] → [`store`] / [`queue`]; [`queue`] →
+//! [`worker`] → [`delivery`] → [`smtp`] → [`store`]. [`startup`] wires the parts for a
+//! role; `main.rs` only parses the command line. See `ARCHITECTURE.md`.
 
 pub mod accept;
 pub mod admin;
@@ -11,6 +13,7 @@ pub mod batcher;
 pub mod config;
 pub mod connections;
 pub mod crypto;
+pub mod delivery;
 pub mod domain;
 pub mod keys;
 pub mod metrics;

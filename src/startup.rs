@@ -50,6 +50,11 @@ impl Application {
     pub async fn build(settings: Settings, role: Role) -> anyhow::Result<Application> {
         let settings = Arc::new(settings);
         crate::metrics::install();
+        // Read at start-up by every role, so that a missing file stops the process
+        // here rather than at the first TLS session or verify.
+        crate::smtp::tls::extra_roots(&settings.smtp.extra_root_certificates)
+            .map_err(anyhow::Error::msg)
+            .context("smtp.extra_root_certificates")?;
         let store = Store::connect_lazy(&settings.database)?;
         let connections = Arc::new(Directory::new(
             store.clone(),

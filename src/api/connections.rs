@@ -6,58 +6,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
-use crate::connections::security_str;
-use crate::domain::{parse_connection_name, plaintext_auth_refusal, FieldError, Mailbox, Security};
+use crate::domain::{parse_connection_name, ConnectionFields, Security};
 use crate::store::{ConnectionRow, DeleteConnection};
-
-/// `POST /v1/connections` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "name": "relay",
-    "host": "smtp.example.com",
-    "port": 587,
-    "security": "starttls",
-    "username": "postwire",
-    "password": "secret",
-    "default_from": "Postwire <noreply@example.com>"
-}))]
-pub struct NewConnection {
-    /// 1 to 64 letters, digits, `.`, `_` and `-`.
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: String,
-    /// Host name or IP address.
-    #[schema(min_length = 1, max_length = 253, pattern = "^[A-Za-z0-9.:\\[\\]-]+$")]
-    pub host: String,
-    #[schema(minimum = 1, maximum = 65535)]
-    pub port: u16,
-    pub security: Security,
-    /// Text without control characters. Absent, `null` or `""`: no AUTH.
-    #[schema(
-        pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
-    )]
-    pub username: Option<String>,
-    /// Write-only: encrypted at rest, never returned. Absent, `null` or `""`: none.
-    #[schema(write_only)]
-    pub password: Option<String>,
-    /// The sender used when a send has no `From`.
-    pub default_from: Option<String>,
-    /// Simultaneous SMTP sessions per worker process, 1 to 1000; default 8.
-    #[schema(minimum = 1, maximum = 1000)]
-    pub max_connections: Option<u16>,
-    /// Messages per second per worker process, at least 1; `null` or absent for no
-    /// limit.
-    #[schema(minimum = 1)]
-    pub max_rate_per_second: Option<u32>,
-    /// Allow AUTH over `security: none` to a host other than loopback (the password
-    /// then crosses the network in clear text). Default false.
-    #[serde(default)]
-    pub allow_plaintext_auth: bool,
-}
 
 /// `PATCH /v1/connections/{name}` body: absent fields are kept; `null` clears an
 /// optional one.
@@ -79,7 +34,7 @@ pub struct ConnectionPatch {
     /// `password_cleared`): stored credentials only ever go where they were stored for.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, write_only)]
-    pub password: Option<Option<String>>,
+    pub password: Option<Option<SecretString>>,
     /// `null` removes it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -91,12 +46,12 @@ pub struct ConnectionPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u32>, minimum = 1)]
     pub max_rate_per_second: Option<Option<u32>>,
-    /// See [`NewConnection::allow_plaintext_auth`].
+    /// See [`ConnectionFields::allow_plaintext_auth`].
     pub allow_plaintext_auth: Option<bool>,
 }
 
-impl super::RequestBody for NewConnection {
-    type Xml = NewConnection;
+impl super::RequestBody for ConnectionFields {
+    type Xml = ConnectionFields;
 }
 
 impl super::RequestBody for ConnectionPatch {
@@ -118,8 +73,7 @@ pub struct ConnectionView {
     pub name: String,
     pub host: String,
     pub port: i32,
-    #[schema(value_type = Security)]
-    pub security: String,
+    pub security: Security,
     pub username: Option<String>,
     /// Whether a password is stored; the password itself is never returned.
     pub has_password: bool,
@@ -143,7 +97,7 @@ impl From<&ConnectionRow> for ConnectionView {
             name: c.name.clone(),
             host: c.host.clone(),
             port: c.port,
-            security: c.security.clone(),
+            security: c.security,
             username: c.username.clone(),
             has_password: c.password_enc.is_some(),
             default_from: c.default_from.clone(),
@@ -169,70 +123,38 @@ impl From<&ConnectionRow> for ConnectionView {
     request_body(
         description = "The connection, as JSON or XML.",
         content(
-            (NewConnection = "application/json"),
-            (NewConnection = "application/xml")
+            (ConnectionFields = "application/json"),
+            (ConnectionFields = "application/xml")
         )
     ),
     responses(
         (status = 201, description = "Created.", body = ConnectionView,
             headers(("Location" = String, description = "`/v1/connections/{name}`"))),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 409, response = super::schemas::Conflict),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
 pub async fn create(
     State(state): State<AppState>,
-    Payload(new, _): Payload<NewConnection>,
+    Payload(fields, _): Payload<ConnectionFields>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let name = parse_connection_name(&new.name)
-        .map_err(|e| errors.push(FieldError::new("name", e)))
-        .unwrap_or_default();
-    if state.connections.configured_name() == Some(name.as_str()) {
+    if state.connections.configured_name() == Some(fields.name.as_str()) {
         return Err(ApiError::Conflict(format!(
-            "the name {name:?} is taken by the connection declared in configuration"
+            "the name {:?} is taken by the connection declared in configuration",
+            fields.name
         )));
     }
-    let mut row = ConnectionRow {
-        id: Uuid::now_v7(),
-        name,
-        host: String::new(),
-        port: 0,
-        security: String::new(),
-        username: None,
-        password_enc: None,
-        default_from: None,
-        max_connections: 8,
-        max_rate_per_second: None,
-        allow_plaintext_auth: false,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    };
-    let patch = ConnectionPatch {
-        host: Some(new.host),
-        port: Some(new.port),
-        security: Some(new.security),
-        username: Some(new.username),
-        password: Some(new.password),
-        default_from: Some(new.default_from),
-        max_connections: Some(new.max_connections.unwrap_or(8)),
-        max_rate_per_second: Some(new.max_rate_per_second),
-        allow_plaintext_auth: Some(new.allow_plaintext_auth),
-    };
-    apply(&state, &mut row, patch, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid {
-            status: StatusCode::BAD_REQUEST,
-            errors,
-        });
-    }
+    let connection = fields.parse().map_err(ApiError::invalid)?;
+    let id = Uuid::now_v7();
+    let sealed = seal(&state, id, connection.password.as_ref());
+    let row = ConnectionRow::new(id, &connection, sealed);
     if !state.store.insert_connection(&row).await? {
         return Err(ApiError::Conflict(format!(
             "a connection named {:?} already exists",
@@ -253,125 +175,68 @@ pub async fn create(
         .into_response())
 }
 
-/// Validates a patch into `row`, encrypting a new password.
-/// Applies a patch (or a new connection, as a patch of an empty row), collecting
-/// every invalid field. Returns true when the stored password was cleared because
-/// the connection now points elsewhere.
-fn apply(
+/// The password encrypted for connection `id` (its id is bound into the ciphertext).
+fn seal(state: &AppState, id: Uuid, password: Option<&SecretString>) -> Option<Vec<u8>> {
+    password.map(|p| {
+        state
+            .connections
+            .cipher()
+            .encrypt(p.expose_secret().as_bytes(), id.as_bytes())
+    })
+}
+
+/// `row` with `patch` applied, every field checked again as a whole. The flag is true
+/// when the stored password was cleared because the connection now points elsewhere.
+fn patched(
     state: &AppState,
-    row: &mut ConnectionRow,
+    row: &ConnectionRow,
     patch: ConnectionPatch,
-    errors: &mut Vec<FieldError>,
-) -> bool {
-    let destination = (
-        row.host.to_ascii_lowercase(),
-        row.port,
-        row.security.clone(),
-    );
+) -> Result<(ConnectionRow, bool), ApiError> {
+    let mut fields = row.fields();
     if let Some(host) = patch.host {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
-        if ok {
-            row.host = host;
-        } else {
-            errors.push(FieldError::new(
-                "host",
-                format!("{host:?} is not a host name or IP address"),
-            ));
-        }
+        fields.host = host;
     }
     if let Some(port) = patch.port {
-        if port == 0 {
-            errors.push(FieldError::new("port", "must be 1 to 65535"));
-        }
-        row.port = i32::from(port);
+        fields.port = port;
     }
     if let Some(security) = patch.security {
-        row.security = security_str(security).to_owned();
+        fields.security = security;
     }
-    // Forms send empty strings for fields left blank: no user name, no password.
-    let blank_is_none = |v: Option<String>| v.filter(|v| !v.is_empty());
-    if let Some(username) = patch.username.map(blank_is_none) {
-        if let Some(u) = &username {
-            if crate::domain::check_header_text_max(u, 255).is_err() {
-                errors.push(FieldError::new(
-                    "username",
-                    "must be at most 255 bytes of text without control characters",
-                ));
-            }
-        }
-        row.username = username;
-    }
-    let moved = (
-        row.host.to_ascii_lowercase(),
-        row.port,
-        row.security.clone(),
-    ) != destination;
-    let mut cleared = false;
-    match patch.password.map(blank_is_none) {
-        Some(password) => {
-            if password.as_ref().is_some_and(|p| p.len() > 1024) {
-                errors.push(FieldError::new("password", "must be at most 1024 bytes"));
-            }
-            row.password_enc = password.map(|p| {
-                state
-                    .connections
-                    .cipher()
-                    .encrypt(p.as_bytes(), row.id.as_bytes())
-            });
-        }
-        // A password stored for one server is never sent to another: whoever can
-        // change the host could otherwise read it off the wire there.
-        None if moved && row.password_enc.is_some() => {
-            row.password_enc = None;
-            cleared = true;
-        }
-        None => {}
+    if let Some(username) = patch.username {
+        fields.username = username;
     }
     if let Some(default_from) = patch.default_from {
-        row.default_from = match default_from.filter(|f| !f.trim().is_empty()) {
-            Some(f) => match Mailbox::parse(&f) {
-                Ok(m) => Some(m.to_display()),
-                Err(e) => {
-                    errors.push(FieldError::new("default_from", e));
-                    None
-                }
-            },
-            None => None,
-        };
+        fields.default_from = default_from;
     }
     if let Some(max) = patch.max_connections {
-        if !(1..=1000).contains(&max) {
-            errors.push(FieldError::new("max_connections", "must be 1 to 1000"));
-        }
-        row.max_connections = i32::from(max);
+        fields.max_connections = Some(max);
     }
     if let Some(rate) = patch.max_rate_per_second {
-        if rate == Some(0) {
-            errors.push(FieldError::new(
-                "max_rate_per_second",
-                "must be at least 1 (or null for no limit)",
-            ));
-        }
-        row.max_rate_per_second = rate.map(|r| i32::try_from(r).unwrap_or(i32::MAX));
+        fields.max_rate_per_second = rate;
     }
     if let Some(allow) = patch.allow_plaintext_auth {
-        row.allow_plaintext_auth = allow;
+        fields.allow_plaintext_auth = allow;
     }
-    if let Ok(security) = crate::connections::parse_security(&row.security) {
-        if let Some(refusal) = plaintext_auth_refusal(
-            security,
-            &row.host,
-            row.username.is_some(),
-            row.allow_plaintext_auth,
-        ) {
-            errors.push(FieldError::new("security", refusal));
-        }
+    let new_password = patch.password;
+    if let Some(password) = &new_password {
+        fields.password = password.clone();
     }
-    cleared
+    let connection = fields.parse().map_err(ApiError::invalid)?;
+    let destination = |host: &str, port: i32, security| (host.to_ascii_lowercase(), port, security);
+    let moved = destination(&row.host, row.port, row.security)
+        != destination(
+            &connection.host,
+            i32::from(connection.port),
+            connection.security,
+        );
+    let (sealed, cleared) = match new_password {
+        Some(_) => (seal(state, row.id, connection.password.as_ref()), false),
+        // A password stored for one server is never sent to another: whoever can
+        // change the host could otherwise read it off the wire there.
+        None if moved && row.password_enc.is_some() => (None, true),
+        None => (row.password_enc.clone(), false),
+    };
+    Ok((ConnectionRow::new(row.id, &connection, sealed), cleared))
 }
 
 async fn load(state: &AppState, name: &str) -> Result<ConnectionRow, ApiError> {
@@ -401,9 +266,9 @@ pub struct ConnectionList {
         Passwords are never returned (`has_password` says whether one is stored).",
     responses(
         (status = 200, description = "The connections.", body = ConnectionList),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
@@ -430,10 +295,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ConnectionList>,
     )),
     responses(
         (status = 200, description = "The connection.", body = ConnectionView),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
@@ -468,14 +333,14 @@ pub async fn get(
     ),
     responses(
         (status = 200, description = "The updated connection.", body = ConnectionView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
@@ -484,15 +349,7 @@ pub async fn update(
     Path(name): Path<String>,
     Payload(patch, _): Payload<ConnectionPatch>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let mut row = load(&state, &name).await?;
-    let mut errors = Vec::new();
-    let password_cleared = apply(&state, &mut row, patch, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid {
-            status: StatusCode::BAD_REQUEST,
-            errors,
-        });
-    }
+    let (row, password_cleared) = patched(&state, &load(&state, &name).await?, patch)?;
     state.store.update_connection(&row).await?;
     state.connections.forget(&name);
     tracing::info!(connection = %name, password_cleared, "connection updated");
@@ -528,12 +385,12 @@ pub struct DeleteQuery {
     ), DeleteQuery),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 409, response = super::schemas::Conflict),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
@@ -581,10 +438,10 @@ pub async fn delete(
     )),
     responses(
         (status = 200, description = "The steps.", body = crate::smtp::VerifyReport),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]

@@ -73,7 +73,7 @@ pub struct EmailMessage {
     pub reply_to: Option<String>,
     /// Extension: custom `X-` headers (at most 50), header name to value.
     #[serde(rename = "Headers", alias = "headers")]
-    #[schema(schema_with = super::openapi::custom_headers)]
+    #[schema(schema_with = super::schemas::custom_headers)]
     pub headers: Option<BTreeMap<String, String>>,
     /// Extension: string pairs stored with the message and echoed by the lookup (at
     /// most 50; keys 1-64 bytes, values at most 1024 bytes).
@@ -133,14 +133,14 @@ pub struct EmailMessageXml {
     /// `<Headers><Header name="X-Campaign">spring</Header></Headers>`.
     #[serde(rename = "Headers")]
     #[schema(
-        value_type = Option<Vec<super::openapi::HeaderXml>>,
+        value_type = Option<Vec<super::schemas::HeaderXml>>,
         xml(name = "Header", wrapped(name = "Headers"))
     )]
     pub headers: Option<XmlPairs>,
     /// `<Metadata><Item name="order">1234</Item></Metadata>`.
     #[serde(rename = "Metadata")]
     #[schema(
-        value_type = Option<Vec<super::openapi::MetadataItemXml>>,
+        value_type = Option<Vec<super::schemas::MetadataItemXml>>,
         xml(name = "Item", wrapped(name = "Metadata"))
     )]
     pub metadata: Option<XmlPairs>,
@@ -228,7 +228,7 @@ pub struct EmailAttachment {
     pub content_type: Option<String>,
     /// How `ContentData` is encoded; any case is accepted.
     #[serde(rename = "ContentTransferEncoding", alias = "contentTransferEncoding")]
-    #[schema(value_type = super::openapi::ContentTransferEncoding, required = true)]
+    #[schema(value_type = super::schemas::ContentTransferEncoding, required = true)]
     pub content_transfer_encoding: Option<String>,
 }
 

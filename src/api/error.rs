@@ -60,12 +60,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// A 400 about one field.
-    pub fn field(field: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
+    /// A 400 listing every bad field.
+    pub fn invalid(errors: Vec<FieldError>) -> ApiError {
         ApiError::Invalid {
             status: StatusCode::BAD_REQUEST,
-            errors: vec![FieldError::new(field, message)],
+            errors,
         }
+    }
+
+    /// A 400 about one field.
+    pub fn field(field: impl Into<String>, message: impl std::fmt::Display) -> ApiError {
+        ApiError::invalid(vec![FieldError::new(field, message)])
     }
 
     /// 404 for an unknown SMTP connection; `field` names the request field it came

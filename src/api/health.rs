@@ -1,11 +1,33 @@
-//! Liveness and readiness.
+//! Liveness, readiness, metrics and the OpenAPI document.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::AppState;
+
+/// The OpenAPI document as served, rendered once when the router is built.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Bytes);
+
+/// `GET /openapi.json`: this API's OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This OpenAPI document",
+    description = "No API key needed.",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object))
+)]
+pub async fn openapi_json(
+    Extension(OpenApiJson(json)): Extension<OpenApiJson>,
+) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json)
+}
 
 /// `GET /healthz`: the process is up.
 #[utoipa::path(
@@ -15,7 +37,7 @@ use super::AppState;
     tag = "operations",
     summary = "Liveness",
     description = "No API key needed. 200 while the process is up.",
-    responses((status = 200, description = "The process is up.", body = super::openapi::Health))
+    responses((status = 200, description = "The process is up.", body = super::schemas::Health))
 )]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -51,8 +73,8 @@ pub async fn metrics() -> impl axum::response::IntoResponse {
     description = "No API key needed. 200 when PostgreSQL and RabbitMQ are reachable; \
         503 names the one that is not.",
     responses(
-        (status = 200, description = "Ready.", body = super::openapi::Readiness),
-        (status = 503, description = "A dependency is unreachable.", body = super::openapi::Readiness),
+        (status = 200, description = "Ready.", body = super::schemas::Readiness),
+        (status = 503, description = "A dependency is unreachable.", body = super::schemas::Readiness),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -90,11 +90,11 @@ impl From<MessageRecord> for MessageView {
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
         (status = 200, description = "The message.", body = MessageView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["read"]), ("apiKey" = ["read"]))
 )]
@@ -116,7 +116,7 @@ pub async fn get(
 pub struct EventView {
     /// accepted, attempt, deferred, sent, failed, cancelled or expired.
     #[serde(rename = "type")]
-    #[schema(value_type = super::openapi::EventType)]
+    #[schema(value_type = super::schemas::EventType)]
     pub kind: String,
     pub at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,11 +162,11 @@ pub struct EventsView {
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
         (status = 200, description = "The events.", body = EventsView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["read"]), ("apiKey" = ["read"]))
 )]
@@ -194,13 +194,13 @@ pub async fn events(
         message in any other status answers 409.",
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
-        (status = 200, description = "Cancelled.", body = super::openapi::CancelledMessage),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 409, response = super::openapi::Conflict),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 200, description = "Cancelled.", body = super::schemas::CancelledMessage),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 409, response = super::schemas::Conflict),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
 )]
@@ -298,10 +298,10 @@ pub struct ListView {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of messages.", body = ListView),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["read"]), ("apiKey" = ["read"]))
 )]

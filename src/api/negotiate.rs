@@ -1,5 +1,11 @@
 //! Content negotiation: a response is XML when the request's `Accept` prefers XML to
 //! JSON. Handlers produce JSON; this layer converts, so both forms always agree.
+//!
+//! The conversion is ours rather than quick-xml's serializer: lists are written inside
+//! a wrapper element with singular item names (`<errors><error>`), and map keys that
+//! are not XML names (metadata keys are the client's) become `<entry>`; the
+//! serializer writes lists as repeated elements and refuses such keys. quick-xml
+//! does the escaping.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -103,7 +109,7 @@ fn write_element(out: &mut String, name: &str, value: &Value) {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            escape_into(out, &text);
+            out.push_str(&quick_xml::escape::escape(text.as_str()));
             out.push_str("</");
             out.push_str(name);
             out.push('>');
@@ -134,19 +140,6 @@ fn element_name(key: &str) -> String {
         key.to_owned()
     } else {
         "entry".to_owned()
-    }
-}
-
-fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
     }
 }
 

@@ -1,33 +1,24 @@
-//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations and
-//! the request and response types' `ToSchema` derives; served at `GET /openapi.json`.
-//!
-//! What the code cannot say by itself lives here: the answers built with `json!`, the
-//! error responses (RFC 7807, shared by every operation), the security schemes and the
-//! alias `POST /SendEmail`. `tests/openapi.rs` checks the document against
-//! [`ROUTES`](super::ROUTES) and against the running router.
+//! The OpenAPI document's frame: its description, the schemas and responses that no
+//! operation reaches by itself, the security schemes, and the finishing touches that
+//! need the whole document. The operations come from the router (`api::routes`),
+//! where each handler is routed once with its `#[utoipa::path]`.
 
-use std::sync::OnceLock;
-
-use axum::http::header;
-use axum::response::IntoResponse;
-use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
-use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
-use uuid::Uuid;
+use utoipa::{Modify, OpenApi};
 
-use super::connections::{ConnectionList, ConnectionPatch, ConnectionView, NewConnection};
+use super::connections::{ConnectionList, ConnectionPatch, ConnectionView};
 use super::email_message::{EmailAttachment, EmailMessage, EmailMessageXml};
 use super::messages::{EventView, EventsView, ListView, MessageView, SummaryView};
+use super::schemas::*;
 use super::send::{BatchRequest, BatchXml};
 use super::Problem;
-use crate::domain::{FieldError, Importance, RecipientResult, Security, SmtpReply, Status};
+use crate::domain::{
+    ConnectionFields, FieldError, Importance, RecipientResult, Security, SmtpReply, Status,
+};
 use crate::keys::Scope;
 use crate::smtp::{VerifyReport, VerifyStep};
-
-/// The media type of every error response.
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,25 +38,6 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             XML (`application/xml`, `application/problem+xml`) when `Accept` prefers XML \
             to JSON."
     ),
-    paths(
-        send_email,
-        super::send::send,
-        super::send::send_batch,
-        super::messages::list,
-        super::messages::get,
-        super::messages::events,
-        super::messages::cancel,
-        super::connections::create,
-        super::connections::list,
-        super::connections::get,
-        super::connections::update,
-        super::connections::delete,
-        super::connections::verify,
-        super::health::healthz,
-        super::health::readyz,
-        super::health::metrics,
-        openapi_json,
-    ),
     components(
         schemas(
             EmailMessage,
@@ -84,7 +56,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             EventType,
             ListView,
             SummaryView,
-            NewConnection,
+            ConnectionFields,
             ConnectionPatch,
             ConnectionView,
             ConnectionList,
@@ -117,7 +89,6 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
             RequestTimeout,
         )
     ),
-    modifiers(&SecuritySchemes, &AlwaysPresent, &XmlWithoutNull),
     tags(
         (name = "send", description = "Accepting messages (scope `send`)."),
         (name = "messages", description = "Looking messages up (scope `read`) and cancelling them (scope `send`)."),
@@ -127,274 +98,16 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 )]
 pub struct ApiDoc;
 
-/// The document.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document of `paths` (the router's operations) within the frame.
+pub fn document(paths: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(paths);
+    // After the merge: these look at every operation and schema.
+    SecuritySchemes.modify(&mut doc);
+    AlwaysPresent.modify(&mut doc);
+    XmlWithoutNull.modify(&mut doc);
+    doc
 }
-
-/// `GET /openapi.json`: the document, built once.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "openapi",
-    tag = "operations",
-    summary = "This OpenAPI document",
-    description = "No API key needed.",
-    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object))
-)]
-pub async fn openapi_json() -> impl IntoResponse {
-    static JSON: OnceLock<String> = OnceLock::new();
-    let json = JSON.get_or_init(|| {
-        document()
-            .to_json()
-            .expect("the OpenAPI document serialises")
-    });
-    ([(header::CONTENT_TYPE, "application/json")], json.as_str())
-}
-
-/// `POST /SendEmail`: the connector's own path for `POST /v1/messages` (same handler);
-/// documentation only. A test checks that both operations agree.
-#[utoipa::path(
-    post,
-    path = "/SendEmail",
-    operation_id = "SendEmail",
-    tag = "send",
-    summary = "Accept a message for delivery (the connector's path)",
-    description = "Requires an API key with the **send** scope.\n\n\
-        The SMTP connector's *Send Email* path: the same as `POST /v1/messages`.",
-    request_body(
-        description = "The connector's `emailMessage`, as JSON or XML.",
-        content(
-            (EmailMessage = "application/json"),
-            (EmailMessageXml = "application/xml")
-        )
-    ),
-    params(IdempotencyKey),
-    responses(
-        (status = 202, description = "Committed and queued.", body = AcceptedMessage,
-            headers(
-                ("Location" = String, description = "`/v1/messages/{id}`"),
-                ("Idempotent-Replayed" = String, description = "`true` when this answers a repeated `Idempotency-Key`")
-            )),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = IdempotencyKeyReused),
-        (status = 503, response = Unavailable),
-    ),
-    security(("bearer" = ["send"]), ("apiKey" = ["send"]))
-)]
-#[allow(dead_code)]
-fn send_email() {}
-
-/// The `Idempotency-Key` header of the send operations.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct IdempotencyKey {
-    /// Makes the send safe to retry: a repeat with the same key and body (by the same
-    /// API key, within `idempotency.ttl`) answers the original 202 with
-    /// `Idempotent-Replayed: true` and accepts nothing new; the same key with another
-    /// body answers 422. 1 to 255 printable ASCII characters.
-    #[param(
-        rename = "Idempotency-Key",
-        value_type = String,
-        required = false,
-        min_length = 1,
-        max_length = 255,
-        pattern = "^[\\x20-\\x7E]{1,255}$",
-        example = "order-1234-confirmation"
-    )]
-    key: Option<String>,
-}
-
-/// `202` of a send: `{"id", "status": "queued"}`.
-#[derive(Serialize, ToSchema)]
-pub struct AcceptedMessage {
-    /// Look the message up at `/v1/messages/{id}`.
-    pub id: Uuid,
-    /// Always `queued`.
-    pub status: Status,
-}
-
-/// `202` of a batch: the messages in request order.
-#[derive(Serialize, ToSchema)]
-pub struct BatchAccepted {
-    pub messages: Vec<AcceptedMessage>,
-}
-
-/// `200` of a cancel: `{"id", "status": "cancelled"}`.
-#[derive(Serialize, ToSchema)]
-pub struct CancelledMessage {
-    pub id: Uuid,
-    /// Always `cancelled`.
-    pub status: Status,
-}
-
-/// What happened to a message (the `type` of an event).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EventType {
-    Accepted,
-    Attempt,
-    Deferred,
-    Sent,
-    Failed,
-    Cancelled,
-    Expired,
-}
-
-/// How an attachment's `ContentData` is encoded; any case is accepted.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentTransferEncoding {
-    /// Base64, possibly wrapped in lines.
-    Base64,
-    /// The literal content.
-    None,
-}
-
-/// A custom header in XML: `<Header name="X-Campaign">spring</Header>` (the value is
-/// the element's text).
-#[derive(Serialize, ToSchema)]
-#[schema(xml(name = "Header"))]
-pub struct HeaderXml {
-    /// The `name` attribute: the header name (`X-` and letters, digits and `-`).
-    #[schema(xml(attribute), pattern = "^[Xx]-[A-Za-z0-9-]{1,74}$")]
-    pub name: String,
-    /// The element's text: the header value (at most 4000 bytes).
-    #[schema(
-        max_length = 4000,
-        pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$"
-    )]
-    pub value: String,
-}
-
-/// Text that may go into a header: no control characters but tab, no zero-width or
-/// bidirectional-override characters (as `domain::check_header_text` checks).
-pub const HEADER_TEXT: &str = r"^[^\x00-\x08\x0A-\x1F\x7F-\x9F\u00AD\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]*$";
-
-/// The schema of `EmailMessage.Headers`: `X-` names, header-safe values.
-pub fn custom_headers() -> utoipa::openapi::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
-        .description(Some(
-            "Extension: custom headers (at most 50), name to value. Names are `X-` and \
-             letters, digits and `-` (at most 76 characters); values are header-safe text \
-             of at most 4000 bytes, folded when long.",
-        ))
-        .property_names(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some("^[Xx]-[A-Za-z0-9-]{1,74}$")),
-        ))
-        .additional_properties(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .max_length(Some(4000))
-                .pattern(Some(HEADER_TEXT)),
-        ))
-        .max_properties(Some(50))
-        .examples([serde_json::json!({"X-Campaign": "spring"})])
-        .build()
-}
-
-/// A metadata entry in XML: `<Item name="order">1234</Item>` (the value is the
-/// element's text).
-#[derive(Serialize, ToSchema)]
-#[schema(xml(name = "Item"))]
-pub struct MetadataItemXml {
-    /// The `name` attribute: the key.
-    #[schema(xml(attribute))]
-    pub name: String,
-    /// The element's text: the value.
-    pub value: String,
-}
-
-/// `GET /healthz`.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    #[schema(example = "ok")]
-    pub status: String,
-}
-
-/// `GET /readyz`.
-#[derive(Serialize, ToSchema)]
-pub struct Readiness {
-    /// `ready` or `not ready`.
-    #[schema(example = "ready")]
-    pub status: String,
-    pub checks: ReadinessChecks,
-}
-
-/// Each dependency's state.
-#[derive(Serialize, ToSchema)]
-pub struct ReadinessChecks {
-    pub postgres: CheckState,
-    pub rabbitmq: CheckState,
-}
-
-/// A dependency's state.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckState {
-    Ok,
-    Unreachable,
-}
-
-macro_rules! problem_response {
-    ($name:ident, $description:literal) => {
-        #[doc = $description]
-        #[derive(ToResponse)]
-        #[response(description = $description, content_type = PROBLEM_JSON)]
-        #[allow(dead_code)]
-        pub struct $name(Problem);
-    };
-}
-
-problem_response!(
-    BadRequest,
-    "Invalid request (`validation`: `errors` names each invalid field) or malformed body (`malformed`)."
-);
-problem_response!(
-    Unauthorized,
-    "No valid API key (missing, unknown or revoked); `WWW-Authenticate: Bearer` is set."
-);
-problem_response!(
-    Forbidden,
-    "The API key lacks the scope this operation needs."
-);
-problem_response!(
-    NotFound,
-    "No such message or connection (a send naming an unknown `connection` names the field)."
-);
-problem_response!(Conflict, "The request conflicts with the resource's state.");
-problem_response!(
-    PayloadTooLarge,
-    "Over a size limit: the body (`server.body_limit_bytes`), the message, an attachment, the number of attachments or of batch messages."
-);
-problem_response!(
-    UnsupportedMediaType,
-    "The body is not `application/json` or `application/xml` (`+json`, `+xml` and `text/xml` are accepted too)."
-);
-problem_response!(
-    IdempotencyKeyReused,
-    "The `Idempotency-Key` was already used with a different request body."
-);
-problem_response!(
-    Unavailable,
-    "Nothing was accepted; retry after `Retry-After`. The database is unreachable (`unavailable`), or this API process is at its limit of open connections or of request body bytes in flight (`busy`, `Retry-After: 1`)."
-);
-problem_response!(
-    RequestTimeout,
-    "The request body did not arrive within `server.body_read_timeout` (`timeout`); the connection is closed."
-);
 
 /// The two ways to present an API key.
 struct SecuritySchemes;

@@ -37,22 +37,22 @@ use crate::store::Accept;
             (EmailMessageXml = "application/xml")
         )
     ),
-    params(super::openapi::IdempotencyKey),
+    params(super::schemas::IdempotencyKey),
     responses(
-        (status = 202, description = "Committed and queued.", body = super::openapi::AcceptedMessage,
+        (status = 202, description = "Committed and queued.", body = super::schemas::AcceptedMessage,
             headers(
                 ("Location" = String, description = "`/v1/messages/{id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when this answers a repeated `Idempotency-Key`")
             )),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 404, response = super::openapi::NotFound),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 422, response = super::openapi::IdempotencyKeyReused),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
 )]
@@ -67,6 +67,50 @@ pub async fn send(
     let prepared = prepare(&state, &principal, request, large).await?;
     let answer = json!({ "id": prepared.id(), "status": Status::Queued });
     accept(&state, &principal, vec![prepared], key, digest, answer).await
+}
+
+/// `POST /SendEmail`: the connector's own path for `POST /v1/messages`.
+#[utoipa::path(
+    post,
+    path = "/SendEmail",
+    operation_id = "SendEmail",
+    tag = "send",
+    summary = "Accept a message for delivery (the connector's path)",
+    description = "Requires an API key with the **send** scope.\n\n\
+        The SMTP connector's *Send Email* path: the same as `POST /v1/messages`.",
+    request_body(
+        description = "The connector's `emailMessage`, as JSON or XML.",
+        content(
+            (EmailMessage = "application/json"),
+            (EmailMessageXml = "application/xml")
+        )
+    ),
+    params(super::schemas::IdempotencyKey),
+    responses(
+        (status = 202, description = "Committed and queued.", body = super::schemas::AcceptedMessage,
+            headers(
+                ("Location" = String, description = "`/v1/messages/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this answers a repeated `Idempotency-Key`")
+            )),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 404, response = super::schemas::NotFound),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 503, response = super::schemas::Unavailable),
+    ),
+    security(("bearer" = ["send"]), ("apiKey" = ["send"]))
+)]
+pub async fn send_email(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    headers: HeaderMap,
+    payload: Payload<EmailMessage>,
+) -> Result<Response, ApiError> {
+    send(state, principal, headers, payload).await
 }
 
 /// The batch body: `{"messages": [emailMessage, ...]}`.
@@ -128,20 +172,20 @@ impl RequestBody for EmailMessage {
             (BatchXml = "application/xml")
         )
     ),
-    params(super::openapi::IdempotencyKey),
+    params(super::schemas::IdempotencyKey),
     responses(
-        (status = 202, description = "Committed and queued.", body = super::openapi::BatchAccepted,
+        (status = 202, description = "Committed and queued.", body = super::schemas::BatchAccepted,
             headers(
                 ("Idempotent-Replayed" = String, description = "`true` when this answers a repeated `Idempotency-Key`")
             )),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 403, response = super::openapi::Forbidden),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 422, response = super::openapi::IdempotencyKeyReused),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 400, response = super::schemas::BadRequest),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 403, response = super::schemas::Forbidden),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
 )]

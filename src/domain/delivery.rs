@@ -1,10 +1,15 @@
 //! The vocabulary of delivery: statuses, SMTP replies and per-recipient results.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Where a message is in its life. `sent`, `failed` and `cancelled` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Status {
     Queued,
     Sending,
@@ -120,6 +125,51 @@ pub struct RecipientResult {
     pub address: String,
     pub accepted: bool,
     pub reply: SmtpReply,
+}
+
+/// A message claimed by a worker for one attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub connection: String,
+    pub envelope_from: String,
+    pub envelope_to: Vec<String>,
+    pub raw: Vec<u8>,
+    /// 1 for the first attempt.
+    #[sqlx(rename = "attempts")]
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+    /// When the message first became due: its `SendAt`, else its acceptance.
+    pub send_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The result of trying to claim a message.
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker now owns the attempt.
+    Claimed(Claimed),
+    /// Another worker, alive as far as PostgreSQL knows, is sending it right now.
+    InProgress,
+    /// Waiting, but not due before this time (a duplicate or early job).
+    NotYet(DateTime<Utc>),
+    /// Nothing to do: the message is terminal (or does not exist).
+    Nothing(Option<Status>),
+}
+
+/// How an attempt ended, as it is recorded.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// The history entry for the new status: the status itself, or `expired`.
+    pub event: &'static str,
+    pub reply: Option<SmtpReply>,
+    pub error: Option<String>,
+    pub recipients: Vec<RecipientResult>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// False when nothing was sent (connection paused, message expired): the claim's
+    /// attempt is given back and no `attempt` event is written.
+    pub attempted: bool,
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ mod text;
 
 pub use address::{parse_mailbox_list, AddressError, EmailAddress, Mailbox};
 pub use connection::{
-    is_loopback_host, parse_connection_name, plaintext_auth_refusal, Secret, Security,
-    SmtpConnection,
+    is_loopback_host, parse_connection_name, plaintext_auth_refusal, ConnectionFields, Security,
+    SmtpConnection, DEFAULT_MAX_CONNECTIONS,
 };
-pub use delivery::{RecipientResult, SmtpReply, Status};
+pub use delivery::{Claim, Claimed, Outcome, RecipientResult, SmtpReply, Status};
 pub use importance::Importance;
 pub use message::{
     Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding, MAX_SUBJECT,
@@ -34,5 +34,14 @@ impl FieldError {
             field: field.into(),
             message: message.to_string(),
         }
+    }
+
+    /// Errors as one line, each after its field: `host: ...; port: ...`.
+    pub fn describe(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }

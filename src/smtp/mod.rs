@@ -1,13 +1,18 @@
 //! SMTP delivery: one bounded connection pool per SMTP connection, and the
 //! classification of what the server answered.
 
+mod connect;
 mod pool;
+mod reply;
 mod session;
 pub mod tls;
 mod verify;
 
-pub use pool::{Pool, Target, Timeouts};
-pub use verify::{verify, VerifyReport, VerifyStep};
+pub use connect::VerifyStep;
+
+use connect::{Target, Timeouts};
+use pool::Pool;
+pub use verify::{verify, VerifyReport};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

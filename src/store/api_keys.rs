@@ -1,13 +1,12 @@
 //! API keys: only a hash of each key's secret is stored.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
 
 /// An API key as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: Uuid,
     pub name: String,
@@ -39,27 +38,22 @@ impl Store {
 
     /// The key with this public part, revoked or not.
     pub async fn find_api_key(&self, lookup: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as(
             "SELECT id, name, lookup, secret_hash, scopes, default_connection, created_at, revoked_at
                FROM api_keys WHERE lookup = $1",
         )
         .bind(lookup)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|r| key_from_row(&r))
-        .transpose()
+        .await
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as(
             "SELECT id, name, lookup, secret_hash, scopes, default_connection, created_at, revoked_at
                FROM api_keys ORDER BY created_at",
         )
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(key_from_row)
-        .collect()
+        .await
     }
 
     /// Revokes the keys with this id, public part or name; returns how many.
@@ -73,17 +67,4 @@ impl Store {
         .await?
         .rows_affected())
     }
-}
-
-fn key_from_row(r: &sqlx::postgres::PgRow) -> Result<ApiKeyRow, sqlx::Error> {
-    Ok(ApiKeyRow {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        lookup: r.try_get("lookup")?,
-        secret_hash: r.try_get("secret_hash")?,
-        scopes: r.try_get("scopes")?,
-        default_connection: r.try_get("default_connection")?,
-        created_at: r.try_get("created_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-    })
 }

@@ -1,19 +1,19 @@
 //! Stored SMTP connections. The password column holds ciphertext only.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::Store;
+use crate::domain::{ConnectionFields, Security, SmtpConnection};
 
 /// A connection as stored.
-#[derive(Clone)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ConnectionRow {
     pub id: Uuid,
     pub name: String,
     pub host: String,
     pub port: i32,
-    pub security: String,
+    pub security: Security,
     pub username: Option<String>,
     /// AES-256-GCM ciphertext of the password.
     pub password_enc: Option<Vec<u8>>,
@@ -36,6 +36,46 @@ impl std::fmt::Debug for ConnectionRow {
             .field("username", &self.username)
             .field("has_password", &self.password_enc.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionRow {
+    /// The row for a checked connection; `password_enc` is its sealed password.
+    pub fn new(id: Uuid, c: &SmtpConnection, password_enc: Option<Vec<u8>>) -> ConnectionRow {
+        let now = Utc::now();
+        ConnectionRow {
+            id,
+            name: c.name.clone(),
+            host: c.host.clone(),
+            port: i32::from(c.port),
+            security: c.security,
+            username: c.username.clone(),
+            password_enc,
+            default_from: c.default_from.as_ref().map(|m| m.to_display()),
+            max_connections: i32::from(c.max_connections),
+            max_rate_per_second: c
+                .max_rate_per_second
+                .map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+            allow_plaintext_auth: c.allow_plaintext_auth,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The stored settings as fields to patch and check again (without the password).
+    pub fn fields(&self) -> ConnectionFields {
+        ConnectionFields {
+            name: self.name.clone(),
+            host: self.host.clone(),
+            port: u16::try_from(self.port).unwrap_or(0),
+            security: self.security,
+            username: self.username.clone(),
+            password: None,
+            default_from: self.default_from.clone(),
+            max_connections: Some(u16::try_from(self.max_connections).unwrap_or(0)),
+            max_rate_per_second: self.max_rate_per_second.and_then(|r| u32::try_from(r).ok()),
+            allow_plaintext_auth: self.allow_plaintext_auth,
+        }
     }
 }
 
@@ -64,7 +104,7 @@ impl Store {
         .bind(&c.name)
         .bind(&c.host)
         .bind(c.port)
-        .bind(&c.security)
+        .bind(c.security)
         .bind(&c.username)
         .bind(&c.password_enc)
         .bind(&c.default_from)
@@ -89,7 +129,7 @@ impl Store {
         .bind(&c.name)
         .bind(&c.host)
         .bind(c.port)
-        .bind(&c.security)
+        .bind(c.security)
         .bind(&c.username)
         .bind(&c.password_enc)
         .bind(&c.default_from)
@@ -103,25 +143,20 @@ impl Store {
     }
 
     pub async fn get_connection(&self, name: &str) -> Result<Option<ConnectionRow>, sqlx::Error> {
-        sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM smtp_connections WHERE name = $1"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|r| connection_from_row(&r))
-        .transpose()
+        .await
     }
 
     pub async fn list_connections(&self) -> Result<Vec<ConnectionRow>, sqlx::Error> {
-        sqlx::query(&format!(
+        sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM smtp_connections ORDER BY name"
         ))
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(connection_from_row)
-        .collect()
+        .await
     }
 
     /// Deletes a connection; refuses while messages wait on it unless `force`.
@@ -185,22 +220,4 @@ impl Store {
         tx.commit().await?;
         Ok(changed)
     }
-}
-
-fn connection_from_row(r: &sqlx::postgres::PgRow) -> Result<ConnectionRow, sqlx::Error> {
-    Ok(ConnectionRow {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        host: r.try_get("host")?,
-        port: r.try_get("port")?,
-        security: r.try_get("security")?,
-        username: r.try_get("username")?,
-        password_enc: r.try_get("password_enc")?,
-        default_from: r.try_get("default_from")?,
-        max_connections: r.try_get("max_connections")?,
-        max_rate_per_second: r.try_get("max_rate_per_second")?,
-        allow_plaintext_auth: r.try_get("allow_plaintext_auth")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
 }

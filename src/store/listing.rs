@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{status_of, Store};
+use super::Store;
 use crate::domain::Status;
 
 /// Filters of `GET /v1/messages`.
@@ -20,7 +20,7 @@ pub struct ListFilter {
 }
 
 /// One line of the listing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageSummary {
     pub id: Uuid,
     pub status: Status,
@@ -51,22 +51,7 @@ impl Store {
         Self::push_filter(&mut q, f);
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(f.limit));
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MessageSummary {
-                    id: r.try_get("id")?,
-                    status: status_of(r)?,
-                    connection: r.try_get("connection")?,
-                    from_addr: r.try_get("from_addr")?,
-                    subject: r.try_get("subject")?,
-                    attempts: r.try_get("attempts")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                    sent_at: r.try_get("sent_at")?,
-                })
-            })
-            .collect()
+        q.build_query_as().fetch_all(&self.pool).await
     }
 
     /// The plan PostgreSQL picks for a listing (for tests and operators).

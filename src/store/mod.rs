@@ -1,6 +1,7 @@
 //! PostgreSQL: the system of record. All SQL lives in this module.
 
 mod api_keys;
+mod claims;
 mod connections;
 mod listing;
 mod messages;
@@ -11,20 +12,16 @@ mod workers;
 pub use api_keys::ApiKeyRow;
 pub use connections::{ConnectionRow, DeleteConnection};
 pub use listing::{ListFilter, MessageSummary};
-pub use messages::{
-    Accept, Cancel, Claim, Claimed, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow,
-    Outcome,
-};
+pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow};
 pub use reconcile::{Overdue, ReconcileQuery};
 
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::config::DatabaseSettings;
-use crate::domain::Status;
 
 /// The embedded migrations of `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -72,14 +69,6 @@ impl Store {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
-}
-
-/// Reads a row's `status` column as a [`Status`].
-fn status_of(row: &sqlx::postgres::PgRow) -> Result<Status, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    status
-        .parse()
-        .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 /// What went wrong at the store boundary, by class: callers decide on the class

@@ -1,4 +1,5 @@
-//! Queries of the outbox relay.
+//! The outbox (messages committed but not yet confirmed published to RabbitMQ) and
+//! the idempotency keys' expiry: the accept pipeline's bookkeeping.
 
 use std::time::Duration;
 
@@ -7,6 +8,24 @@ use uuid::Uuid;
 use super::Store;
 
 impl Store {
+    /// Records that RabbitMQ confirmed the publish of these messages, so the outbox
+    /// relay leaves them alone.
+    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+        Store::mark_published_with(&self.pool, ids).await
+    }
+
+    /// [`Store::mark_published`] on a given connection or transaction (the relay's).
+    pub async fn mark_published_with<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        ids: &[Uuid],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM outbox WHERE message_id = ANY($1)")
+            .bind(ids)
+            .execute(executor)
+            .await?;
+        Ok(())
+    }
+
     /// Leases up to `limit` messages committed more than `grace` ago whose publish
     /// RabbitMQ never confirmed, oldest first, for `lease`: two relays never take the
     /// same ones, and the relay publishes outside any transaction. A message whose

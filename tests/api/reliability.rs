@@ -607,7 +607,8 @@ async fn an_expired_idempotency_key_can_be_used_again() {
 
 #[tokio::test]
 async fn one_batched_claim_sorts_out_claimable_duplicate_running_and_finished_messages() {
-    use postwire::store::{Claim, Outcome, Store};
+    use postwire::domain::{Claim, Outcome};
+    use postwire::store::Store;
     // API only: the messages stay queued for the store to claim by hand.
     let app = helpers::spawn_role_with(postwire::Role::Api, Script::accept_all(), |_| {}).await;
     let store = Store::from_pool(app.db.clone());

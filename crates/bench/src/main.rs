@@ -24,10 +24,10 @@ use chrono::{DateTime, Utc};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
+use crate::procfs::{CpuSnapshot, CpuUsage, RssSampler};
 use clap::Parser;
 use load::{LoadOutcome, LoadPlan};
 use observe::{Deliveries, StatusCounts};
-use procfs::{CpuSnapshot, CpuUsage, RssSampler};
 use report::{CpuPhases, DbPhases, Delivery, ProcessPeak, Report, Sending};
 use stats::{rate, Percentiles};
 

@@ -1,5 +1,6 @@
-//! Memory and CPU of processes, read from Linux `/proc`: peak RSS of the processes under
-//! test, and CPU time of every process so the report can say what kept the machine busy.
+//! Memory and CPU of processes, read from Linux `/proc` through the `procfs` crate: peak
+//! RSS of the processes under test, and CPU time of every process so the report can say
+//! what kept the machine busy. Off Linux every figure is simply missing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -17,43 +18,10 @@ pub struct Memory {
     pub hwm_kib: Option<u64>,
 }
 
-/// Reads `VmRSS` and `VmHWM` from the text of `/proc/PID/status`.
-pub fn parse_status(text: &str) -> Memory {
-    let kib = |value: &str| {
-        value
-            .trim()
-            .strip_suffix("kB")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    let mut memory = Memory::default();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("VmRSS:") {
-            memory.rss_kib = kib(v);
-        } else if let Some(v) = line.strip_prefix("VmHWM:") {
-            memory.hwm_kib = kib(v);
-        }
-    }
-    memory
-}
-
-/// The command name and user + system CPU time (clock ticks, all threads) from the text
-/// of `/proc/PID/stat`. The name is in parentheses and may itself hold spaces or
-/// parentheses, so the fields are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<(String, u64)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    // After ")": state is field 3 of the man page, utime 14, stime 15.
-    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
-}
-
-/// Machine-wide CPU time from the first line of `/proc/stat`, in clock ticks summed
-/// over all CPUs.
+/// Machine-wide CPU time from `/proc/stat`, in clock ticks summed over all CPUs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MachineCpu {
+    /// All ticks, busy or not.
     pub total: u64,
     /// idle + iowait.
     pub idle: u64,
@@ -61,29 +29,10 @@ pub struct MachineCpu {
     pub cpus: usize,
 }
 
-/// Parses the text of `/proc/stat`.
-pub fn parse_proc_stat(text: &str) -> Option<MachineCpu> {
-    let mut lines = text.lines();
-    let first = lines.next()?;
-    let values: Vec<u64> = first
-        .strip_prefix("cpu ")?
-        .split_whitespace()
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
-    // already counted in user and nice.
-    let total = values.iter().take(8).sum();
-    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    let cpus = lines
-        .filter(|l| l.starts_with("cpu") && l[3..].starts_with(|c: char| c.is_ascii_digit()))
-        .count()
-        .max(1);
-    Some(MachineCpu { total, idle, cpus })
-}
-
 /// CPU times of the machine and of every process at one moment.
 #[derive(Debug, Default, Clone)]
 pub struct CpuSnapshot {
+    /// The whole machine.
     pub machine: MachineCpu,
     /// pid → (command name, user + system ticks).
     pub processes: HashMap<u32, (String, u64)>,
@@ -93,25 +42,91 @@ impl CpuSnapshot {
     /// Reads `/proc/stat` and `/proc/*/stat`. Processes that vanish while being read are
     /// skipped; off Linux the snapshot is empty.
     pub fn take() -> CpuSnapshot {
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|t| parse_proc_stat(&t))
-            .unwrap_or_default();
-        let mut processes = HashMap::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                    continue;
-                };
-                if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
-                    .ok()
-                    .and_then(|t| parse_stat(&t))
-                {
-                    processes.insert(pid, stat);
-                }
-            }
+        CpuSnapshot {
+            machine: sys::machine_cpu().unwrap_or_default(),
+            processes: sys::process_cpu(),
         }
-        CpuSnapshot { machine, processes }
+    }
+}
+
+/// Reads the memory figures of one process; `None` once it has gone (or off Linux).
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    sys::memory_of(pid)
+}
+
+/// The reads themselves. `procfs` builds only on Linux (and Android), so the rest of
+/// the world gets a stand-in with no figures rather than a bench that will not build.
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::collections::HashMap;
+
+    // `::` because this module shares the crate's name.
+    use ::procfs::process::{all_processes, Process};
+    use ::procfs::{CurrentSI, KernelStats};
+
+    use super::{MachineCpu, Memory};
+
+    /// `VmRSS` and `VmHWM` of `pid`; `None` once it has gone.
+    pub fn memory_of(pid: u32) -> Option<Memory> {
+        let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
+        // Both figures are in kB already; kernel threads have neither.
+        Some(Memory {
+            rss_kib: status.vmrss,
+            hwm_kib: status.vmhwm,
+        })
+    }
+
+    /// The machine's CPU ticks from `/proc/stat`.
+    pub fn machine_cpu() -> Option<MachineCpu> {
+        KernelStats::current().ok().map(|stats| machine_of(&stats))
+    }
+
+    /// The sums the report needs. Guest time is left out of the total because the
+    /// kernel already counts it in user and nice.
+    pub fn machine_of(stats: &KernelStats) -> MachineCpu {
+        let t = &stats.total;
+        let iowait = t.iowait.unwrap_or(0);
+        let optional = [t.irq, t.softirq, t.steal].map(|v| v.unwrap_or(0));
+        MachineCpu {
+            total: t.user + t.nice + t.system + t.idle + iowait + optional.iter().sum::<u64>(),
+            idle: t.idle + iowait,
+            cpus: stats.cpu_time.len().max(1),
+        }
+    }
+
+    /// pid → (command name, user + system ticks) of every process still there.
+    pub fn process_cpu() -> HashMap<u32, (String, u64)> {
+        let Ok(all) = all_processes() else {
+            return HashMap::new();
+        };
+        // Any error means the process exited between listing and reading: skip it.
+        all.flatten()
+            .filter_map(|process| process.stat().ok())
+            .filter_map(|stat| {
+                let pid = u32::try_from(stat.pid).ok()?;
+                Some((pid, (stat.comm, stat.utime + stat.stime)))
+            })
+            .collect()
+    }
+}
+
+/// No `/proc` to read: every figure is missing.
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::collections::HashMap;
+
+    use super::{MachineCpu, Memory};
+
+    pub fn memory_of(_pid: u32) -> Option<Memory> {
+        None
+    }
+
+    pub fn machine_cpu() -> Option<MachineCpu> {
+        None
+    }
+
+    pub fn process_cpu() -> HashMap<u32, (String, u64)> {
+        HashMap::new()
     }
 }
 
@@ -119,6 +134,7 @@ impl CpuSnapshot {
 /// shows them: 200% is two CPUs busy); the machine's are of all CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CpuUsage {
+    /// Number of CPUs of the machine.
     pub cpus: usize,
     /// Share of all CPUs that was busy, 0–100.
     pub machine_busy_pct: f64,
@@ -196,13 +212,6 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Reads the memory figures of one process; `None` once it has gone.
-pub fn memory_of(pid: u32) -> Option<Memory> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .map(|t| parse_status(&t))
-}
-
 /// Samples `VmRSS` of some processes in the background and keeps each one's maximum.
 pub struct RssSampler {
     stop: watch::Sender<bool>,
@@ -250,46 +259,6 @@ impl RssSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STATUS: &str = "Name:\tpostwire\nUmask:\t0022\nState:\tS (sleeping)\n\
-        VmPeak:\t  123456 kB\nVmSize:\t  120000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n\
-        RssAnon:\t   30000 kB\nThreads:\t5\n";
-
-    #[test]
-    fn status_gives_rss_and_high_water_mark() {
-        assert_eq!(
-            parse_status(STATUS),
-            Memory {
-                rss_kib: Some(40960),
-                hwm_kib: Some(51200)
-            }
-        );
-        // Kernel threads have no Vm lines.
-        assert_eq!(parse_status("Name:\tkthreadd\n"), Memory::default());
-    }
-
-    #[test]
-    fn stat_gives_name_and_cpu_ticks_even_with_odd_names() {
-        let stat = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    150 25 0 0 20 0 9 0 12345 1000000 2000 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(("tokio (rt) 1".to_owned(), 175)));
-        assert_eq!(parse_stat("12 (short) S 1 2"), None);
-    }
-
-    #[test]
-    fn proc_stat_gives_total_idle_and_cpu_count() {
-        let text = "cpu  100 5 50 800 20 1 2 3 7 0\ncpu0 50 2 25 400 10 1 1 1 0 0\n\
-                    cpu1 50 3 25 400 10 0 1 2 0 0\nintr 1 2 3\nctxt 99\n";
-        assert_eq!(
-            parse_proc_stat(text),
-            Some(MachineCpu {
-                total: 981,
-                idle: 820,
-                cpus: 2
-            })
-        );
-        assert_eq!(parse_proc_stat("intr 1\n"), None);
-    }
 
     #[test]
     fn usage_labels_groups_and_sorts() {
@@ -339,5 +308,44 @@ mod tests {
                 ("kworker".to_owned(), 18.0)
             ]
         );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn machine_totals_leave_guest_time_out() {
+        use ::procfs::{ExplicitSystemInfo, FromReadSI, KernelStats};
+
+        let system = ExplicitSystemInfo {
+            boot_time_secs: 0,
+            ticks_per_second: 100,
+            page_size: 4096,
+            is_little_endian: true,
+        };
+        // guest (7) is already part of user (100).
+        let text = "cpu  100 5 50 800 20 1 2 3 7 0\ncpu0 50 2 25 400 10 1 1 1 0 0\n\
+                    cpu1 50 3 25 400 10 0 1 2 0 0\nctxt 99\nbtime 1\nprocesses 5\n";
+        let stats = KernelStats::from_read(text.as_bytes(), &system).unwrap();
+        assert_eq!(
+            sys::machine_of(&stats),
+            MachineCpu {
+                total: 981,
+                idle: 820,
+                cpus: 2
+            }
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn reads_this_process() {
+        let me = std::process::id();
+        let memory = memory_of(me).expect("our own /proc entry");
+        assert!(memory.rss_kib.is_some_and(|kib| kib > 0), "{memory:?}");
+        assert!(memory.hwm_kib >= memory.rss_kib, "{memory:?}");
+
+        let snapshot = CpuSnapshot::take();
+        assert!(snapshot.processes.contains_key(&me));
+        assert!(snapshot.machine.total > 0);
+        assert!(snapshot.machine.cpus >= 1);
     }
 }

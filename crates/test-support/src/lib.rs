@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
-use postwire::config::{ConnectionSettings, Settings};
-use postwire::domain::Security;
+use postwire::config::Settings;
+use postwire::domain::{ConnectionFields, Security};
 use postwire::keys::Scope;
 use postwire::{Application, Role};
 use serde_json::{json, Value};
@@ -108,16 +108,14 @@ pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
     settings.smtp.connect_timeout = Duration::from_secs(2);
     settings.smtp.command_timeout = Duration::from_secs(3);
     settings.smtp.data_timeout = Duration::from_secs(3);
-    settings.smtp.default = Some(ConnectionSettings {
+    settings.smtp.default = Some(ConnectionFields {
         name: "default".to_owned(),
         host: "127.0.0.1".to_owned(),
         port: smtp.port(),
         security: Security::None,
-        username: None,
-        password: None,
         default_from: Some(DEFAULT_FROM.to_owned()),
-        max_connections: 4,
-        allow_plaintext_auth: false,
+        max_connections: Some(4),
+        ..ConnectionFields::default()
     });
     settings
 }

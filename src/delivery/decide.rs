@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::RetrySettings;
 use crate::domain::Status;
+use crate::domain::{Claimed, Outcome};
 use crate::queue::Job;
 use crate::smtp::Delivery;
-use crate::store::{Claimed, Outcome};
 
 /// What to do with the queue job after processing it.
 #[derive(Debug)]
