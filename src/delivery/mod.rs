@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -275,21 +276,31 @@ impl Deliverer {
         outcome: &Outcome,
         shutdown: &CancellationToken,
     ) -> Result<bool, Trouble> {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.outcomes.write((id, attempt, outcome.clone())).await {
-                Ok(recorded) => return Ok(recorded),
-                Err(e) if crate::store::is_unavailable(&e) && !shutdown.is_cancelled() => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(2));
+        // While PostgreSQL is unreachable, try again (100 ms doubling to 2 s) until it
+        // answers or the process stops; any other error ends the attempt.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times();
+        let stop = shutdown.clone();
+        let sleep = move |wait: Duration| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => {}
                 }
-                Err(e) => return Err(Trouble::database("recording the outcome", &e)),
             }
-        }
+        };
+        (|| self.outcomes.write((id, attempt, outcome.clone())))
+            .retry(backoff)
+            .sleep(sleep)
+            .when(|e| crate::store::is_unavailable(e) && !shutdown.is_cancelled())
+            .notify(|e, wait| {
+                tracing::warn!(error = %e, retry_in = ?wait, "recording the outcome failed; retrying");
+            })
+            .await
+            .map_err(|e| Trouble::database("recording the outcome", &e))
     }
 }
 
