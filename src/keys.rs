@@ -49,6 +49,11 @@ impl std::str::FromStr for Scope {
 pub struct Principal {
     pub key_id: Uuid,
     pub name: String,
+    /// The tenant the key belongs to: everything it sends is the tenant's.
+    pub tenant_id: Uuid,
+    pub tenant: String,
+    /// The tenant is disabled: the key is refused (403).
+    pub tenant_disabled: bool,
     pub scopes: Vec<Scope>,
     pub default_connection: Option<String>,
 }
@@ -68,6 +73,7 @@ pub struct NewKey {
 /// Creates and stores a key.
 pub async fn create(
     store: &Store,
+    tenant_id: Uuid,
     name: &str,
     scopes: &[Scope],
     default_connection: Option<&str>,
@@ -85,6 +91,9 @@ pub async fn create(
     store
         .insert_api_key(&ApiKeyRow {
             id,
+            tenant_id,
+            tenant: String::new(),
+            tenant_disabled: false,
             name: name.to_owned(),
             lookup: lookup.clone(),
             secret_hash: Sha256::digest(secret.as_bytes()).to_vec(),
@@ -123,6 +132,9 @@ pub fn principal(row: &ApiKeyRow) -> Principal {
     Principal {
         key_id: row.id,
         name: row.name.clone(),
+        tenant_id: row.tenant_id,
+        tenant: row.tenant.clone(),
+        tenant_disabled: row.tenant_disabled,
         scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
         default_connection: row.default_connection.clone(),
     }
@@ -147,6 +159,9 @@ mod tests {
     fn only_the_right_secret_verifies() {
         let row = ApiKeyRow {
             id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            tenant: "default".into(),
+            tenant_disabled: false,
             name: "t".into(),
             lookup: "0123456789ab".into(),
             secret_hash: Sha256::digest(b"right").to_vec(),

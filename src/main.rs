@@ -26,6 +26,9 @@ enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage tenants (producing applications).
+    #[command(subcommand)]
+    Tenants(postwire::admin::TenantsCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(postwire::admin::KeysCommand),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Command::Tenants(command) => postwire::admin::tenants(&settings, command).await,
             Command::Keys(command) => postwire::admin::keys(&settings, command).await,
             Command::Connections(command) => postwire::admin::connections(&settings, command).await,
         }

@@ -64,6 +64,7 @@ pub struct Idempotency {
 /// A validated, rendered message ready to commit.
 pub struct Prepared {
     id: Uuid,
+    tenant_id: Uuid,
     connection: String,
     /// The From header as stored for the status lookup.
     from_addr: String,
@@ -95,6 +96,7 @@ impl Prepared {
     fn row(&self) -> NewMessageRow<'_> {
         NewMessageRow {
             id: self.id,
+            tenant_id: self.tenant_id,
             connection: &self.connection,
             from_addr: &self.from_addr,
             recipients: &self.message.recipients,
@@ -181,6 +183,7 @@ impl Acceptor {
             .is_some_and(|at| at - chrono::Utc::now() > horizon);
         Ok(Prepared {
             id,
+            tenant_id: sender.tenant_id,
             connection: connection.name,
             from_addr,
             message,

@@ -99,6 +99,12 @@ async fn authorize(
         ));
     }
     let principal = keys::principal(&row);
+    if principal.tenant_disabled {
+        return Err(ApiError::Forbidden(format!(
+            "the tenant {:?} of this API key is disabled",
+            principal.tenant
+        )));
+    }
     if !principal.allows(scope) {
         return Err(ApiError::Forbidden(format!(
             "the API key {:?} lacks the {:?} scope",

@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
 use crate::domain::{parse_connection_name, ConnectionFields, Security};
+use crate::keys::Principal;
 use crate::store::{ConnectionRow, DeleteConnection};
 
 /// `PATCH /v1/connections/{name}` body: absent fields are kept; `null` clears an
@@ -143,6 +144,7 @@ impl From<&ConnectionRow> for ConnectionView {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Payload(fields, _): Payload<ConnectionFields>,
 ) -> Result<Response, ApiError> {
     if state.connections.configured_name() == Some(fields.name.as_str()) {
@@ -154,7 +156,7 @@ pub async fn create(
     let connection = fields.parse().map_err(ApiError::invalid)?;
     let id = Uuid::now_v7();
     let sealed = seal(&state, id, connection.password.as_ref());
-    let row = ConnectionRow::new(id, &connection, sealed);
+    let row = ConnectionRow::new(id, principal.tenant_id, &connection, sealed);
     if !state.store.insert_connection(&row).await? {
         return Err(ApiError::Conflict(format!(
             "a connection named {:?} already exists",
@@ -236,7 +238,10 @@ fn patched(
         None if moved && row.password_enc.is_some() => (None, true),
         None => (row.password_enc.clone(), false),
     };
-    Ok((ConnectionRow::new(row.id, &connection, sealed), cleared))
+    Ok((
+        ConnectionRow::new(row.id, row.tenant_id, &connection, sealed),
+        cleared,
+    ))
 }
 
 async fn load(state: &AppState, name: &str) -> Result<ConnectionRow, ApiError> {

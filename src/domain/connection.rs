@@ -24,20 +24,21 @@ pub enum Security {
     None,
 }
 
-/// A connection name: 1 to 64 of letters, digits, `.`, `_` and `-`.
-pub fn parse_connection_name(name: &str) -> Result<String, String> {
+/// A name of a connection or a tenant: 1 to 64 of letters, digits, `.`, `_` and `-`.
+pub(super) fn parse_name(name: &str) -> Result<String, ()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
-            "{name:?} is not a connection name (1-64 letters, digits, '.', '_' or '-')"
-        ))
-    }
+    ok.then(|| name.to_owned()).ok_or(())
+}
+
+/// A connection name: 1 to 64 of letters, digits, `.`, `_` and `-`.
+pub fn parse_connection_name(name: &str) -> Result<String, String> {
+    parse_name(name).map_err(|()| {
+        format!("{name:?} is not a connection name (1-64 letters, digits, '.', '_' or '-')")
+    })
 }
 
 /// True for `localhost` and loopback IP addresses: a session to them never leaves the

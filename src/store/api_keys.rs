@@ -9,6 +9,11 @@ use super::Store;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// The tenant's name (read with the key, not written).
+    pub tenant: String,
+    /// The tenant is disabled (read with the key, not written).
+    pub tenant_disabled: bool,
     pub name: String,
     /// The public part of the key, shown in listings.
     pub lookup: String,
@@ -19,11 +24,15 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+const KEY_COLUMNS: &str = "k.id, k.tenant_id, t.name AS tenant, \
+     t.disabled_at IS NOT NULL AS tenant_disabled, k.name, k.lookup, k.secret_hash, k.scopes, \
+     k.default_connection, k.created_at, k.revoked_at";
+
 impl Store {
     pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, name, lookup, secret_hash, scopes, default_connection)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, name, lookup, secret_hash, scopes, default_connection, tenant_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(key.id)
         .bind(&key.name)
@@ -31,6 +40,7 @@ impl Store {
         .bind(&key.secret_hash)
         .bind(&key.scopes)
         .bind(&key.default_connection)
+        .bind(key.tenant_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -38,20 +48,20 @@ impl Store {
 
     /// The key with this public part, revoked or not.
     pub async fn find_api_key(&self, lookup: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, name, lookup, secret_hash, scopes, default_connection, created_at, revoked_at
-               FROM api_keys WHERE lookup = $1",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+              WHERE k.lookup = $1"
+        ))
         .bind(lookup)
         .fetch_optional(&self.pool)
         .await
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, name, lookup, secret_hash, scopes, default_connection, created_at, revoked_at
-               FROM api_keys ORDER BY created_at",
-        )
+        sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+              ORDER BY k.created_at"
+        ))
         .fetch_all(&self.pool)
         .await
     }

@@ -10,6 +10,10 @@ use crate::domain::{ConnectionFields, Security, SmtpConnection};
 #[derive(Clone, sqlx::FromRow)]
 pub struct ConnectionRow {
     pub id: Uuid,
+    /// The tenant that made it; others may use it only when it is `shared`.
+    pub tenant_id: Uuid,
+    /// Usable by every tenant's sends (set by an operator).
+    pub shared: bool,
     pub name: String,
     pub host: String,
     pub port: i32,
@@ -41,10 +45,17 @@ impl std::fmt::Debug for ConnectionRow {
 
 impl ConnectionRow {
     /// The row for a checked connection; `password_enc` is its sealed password.
-    pub fn new(id: Uuid, c: &SmtpConnection, password_enc: Option<Vec<u8>>) -> ConnectionRow {
+    pub fn new(
+        id: Uuid,
+        tenant_id: Uuid,
+        c: &SmtpConnection,
+        password_enc: Option<Vec<u8>>,
+    ) -> ConnectionRow {
         let now = Utc::now();
         ConnectionRow {
             id,
+            tenant_id,
+            shared: false,
             name: c.name.clone(),
             host: c.host.clone(),
             port: i32::from(c.port),
@@ -88,7 +99,8 @@ pub enum DeleteConnection {
     InUse(i64),
 }
 
-const COLUMNS: &str = "id, name, host, port, security, username, password_enc, default_from, \
+const COLUMNS: &str =
+    "id, tenant_id, shared, name, host, port, security, username, password_enc, default_from, \
      max_connections, max_rate_per_second, allow_plaintext_auth, created_at, updated_at";
 
 impl Store {
@@ -96,8 +108,9 @@ impl Store {
     pub async fn insert_connection(&self, c: &ConnectionRow) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO smtp_connections (id, name, host, port, security, username, password_enc,
-                 default_from, max_connections, max_rate_per_second, allow_plaintext_auth)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 default_from, max_connections, max_rate_per_second, allow_plaintext_auth,
+                 tenant_id, shared)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(c.id)
@@ -111,6 +124,8 @@ impl Store {
         .bind(c.max_connections)
         .bind(c.max_rate_per_second)
         .bind(c.allow_plaintext_auth)
+        .bind(c.tenant_id)
+        .bind(c.shared)
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -13,6 +13,8 @@ use crate::domain::{RecipientResult, Recipients, SmtpReply, Status};
 #[derive(Debug)]
 pub struct NewMessageRow<'a> {
     pub id: Uuid,
+    /// The tenant of the key that sent it.
+    pub tenant_id: Uuid,
     pub connection: &'a str,
     pub from_addr: &'a str,
     pub recipients: &'a Recipients,
@@ -125,24 +127,25 @@ async fn insert_messages(
     let send_at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.send_at).collect();
     let expires_at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.expires_at).collect();
     let held: Vec<bool> = messages.iter().map(|m| m.held).collect();
+    let tenants: Vec<Uuid> = messages.iter().map(|m| m.tenant_id).collect();
     let details: Vec<Option<String>> = messages.iter().map(accepted_detail).collect();
     sqlx::query(
         "WITH t AS (
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
                                  $6::jsonb[], $7::text[], $8::text[], $9::int4[], $10::bytea[],
                                  $11::jsonb[], $12::timestamptz[], $13::timestamptz[],
-                                 $14::bool[], $15::text[])
+                                 $14::bool[], $15::text[], $16::uuid[])
                 AS t(id, connection, from_addr, recipients, envelope_from, envelope_to,
                      subject, message_id, size, raw, metadata, send_at, expires_at, held,
-                     detail)),
+                     detail, tenant_id)),
          m AS (
             INSERT INTO messages (id, status, connection, from_addr, recipients,
                 envelope_from, envelope_to, subject, message_id, size, metadata,
-                send_at, expires_at, held, next_attempt_at)
+                send_at, expires_at, held, next_attempt_at, tenant_id)
             SELECT t.id, 'queued', t.connection, t.from_addr, t.recipients, t.envelope_from,
                    ARRAY(SELECT jsonb_array_elements_text(t.envelope_to)),
                    t.subject, t.message_id, t.size, t.metadata,
-                   t.send_at, t.expires_at, t.held, COALESCE(t.send_at, now())
+                   t.send_at, t.expires_at, t.held, COALESCE(t.send_at, now()), t.tenant_id
               FROM t
             RETURNING id, held),
          b AS (INSERT INTO message_bodies (message_id, raw) SELECT t.id, t.raw FROM t JOIN m ON m.id = t.id),
@@ -165,6 +168,7 @@ async fn insert_messages(
     .bind(&expires_at)
     .bind(&held)
     .bind(&details)
+    .bind(&tenants)
     .execute(conn)
     .await?;
     Ok(())

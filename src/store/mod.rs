@@ -7,6 +7,7 @@ mod listing;
 mod messages;
 mod outbox;
 mod reconcile;
+mod tenants;
 mod workers;
 
 pub use api_keys::ApiKeyRow;
@@ -14,6 +15,7 @@ pub use connections::{ConnectionRow, DeleteConnection};
 pub use listing::{ListFilter, MessageSummary};
 pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow};
 pub use reconcile::{Overdue, ReconcileQuery};
+pub use tenants::TenantRow;
 
 use std::time::Duration;
 

@@ -13,4 +13,5 @@ mod operations;
 mod outages;
 mod reliability;
 mod security;
+mod tenants;
 mod validation;

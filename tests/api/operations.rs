@@ -90,9 +90,10 @@ async fn the_listing_uses_an_index_on_a_large_table() {
     let app = spawn_app().await;
     // 50,000 synthetic rows, mostly sent: a listing must not scan them.
     sqlx::query(
-        "INSERT INTO messages (id, status, connection, from_addr, recipients, envelope_from,
-             envelope_to, subject, message_id, size, created_at)
-         SELECT gen_random_uuid(), CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'sent' END,
+        "INSERT INTO messages (id, tenant_id, status, connection, from_addr, recipients,
+             envelope_from, envelope_to, subject, message_id, size, created_at)
+         SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001',
+                CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'sent' END,
                 CASE WHEN g % 10 = 0 THEN 'bulk' ELSE 'default' END, 'a@example.com',
                 '{\"to\":[],\"cc\":[],\"bcc\":[]}', 'a@example.com', ARRAY['b@example.com'],
                 's', '<x@y>', 1, now()

@@ -76,11 +76,8 @@ fn database_server() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-/// Settings for a test: the shipped defaults, with a fresh database, unique queue
-/// names, port 0 and the test SMTP server as the default connection.
-pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
-    let dir = config_dir();
-    let mut settings = Settings::load_env(Some(&dir), "test").expect("config/default.toml loads");
+/// Creates an empty database of its own for a test; returns its URL.
+pub async fn fresh_database() -> String {
     let db_name = format!("postwire_test_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&format!("{}/postgres", database_server()))
         .await
@@ -89,7 +86,15 @@ pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
         .execute(&mut admin)
         .await
         .expect("create the test database");
-    settings.database.url = format!("{}/{db_name}", database_server());
+    format!("{}/{db_name}", database_server())
+}
+
+/// Settings for a test: the shipped defaults, with a fresh database, unique queue
+/// names, port 0 and the test SMTP server as the default connection.
+pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {
+    let dir = config_dir();
+    let mut settings = Settings::load_env(Some(&dir), "test").expect("config/default.toml loads");
+    settings.database.url = fresh_database().await;
     settings.database.max_connections = 8;
     settings.server.port = 0;
     settings.security.api_key_cache = Duration::ZERO;
@@ -179,13 +184,20 @@ pub async fn spawn_role_with(
     }
 }
 
-/// Creates an API key the way `postwire keys create` does; returns its text.
+/// Creates an API key of the tenant `default` the way `postwire keys create` does;
+/// returns its text.
 pub async fn create_key(db: &PgPool, scopes: &[Scope], default_connection: Option<&str>) -> String {
     let store = postwire::store::Store::from_pool(db.clone());
-    postwire::keys::create(&store, "test", scopes, default_connection)
-        .await
-        .expect("create an API key")
-        .key
+    postwire::keys::create(
+        &store,
+        postwire::domain::DEFAULT_TENANT_ID,
+        "test",
+        scopes,
+        default_connection,
+    )
+    .await
+    .expect("create an API key")
+    .key
 }
 
 fn tracing_subscriber_init() -> anyhow::Result<()> {
