@@ -922,3 +922,38 @@ async fn without_postwire_env_the_binary_refuses_to_start_without_a_master_key()
     let said = String::from_utf8_lossy(&run(Some("development")).stderr).into_owned();
     assert!(!said.contains("security.master_key is required"), "{said}");
 }
+
+#[tokio::test]
+async fn broker_passwords_never_reach_the_logs_of_the_binary() {
+    let app = spawn_app().await;
+    // Refused logins, a closed port and a URL that does not parse: each is logged on
+    // every reconnect, and none may show a password, in the user part or the query.
+    for url in [
+        "amqp://guest:hunter2@127.0.0.1:5672/%2f?password=hunter3",
+        "amqp://guest:hunter2@127.0.0.1:1/%2f?password=hunter3",
+        "amqq://guest:hunter2@[bad/%2f?password=hunter3",
+    ] {
+        let child = app
+            .cli(&["serve", "--role", "worker"])
+            .env("POSTWIRE__AMQP__URL", url)
+            .env("POSTWIRE__AMQP__TIMEOUT", "1s")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start postwire");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // SIGTERM: a graceful stop, as an operator would.
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
+        let output = child.wait_with_output().unwrap();
+        let logged = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            logged.contains("reconnecting"),
+            "{url}: nothing logged: {logged}"
+        );
+        assert!(
+            !logged.contains("hunter"),
+            "{url}: a password was logged: {logged}"
+        );
+    }
+}
