@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::store::{ApiKeyRow, Store};
+use crate::store::{ApiKeyRow, NewApiKey, Store};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -89,18 +89,14 @@ pub async fn create(
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     let id = Uuid::now_v7();
     store
-        .insert_api_key(&ApiKeyRow {
+        .insert_api_key(&NewApiKey {
             id,
             tenant_id,
-            tenant: String::new(),
-            tenant_disabled: false,
-            name: name.to_owned(),
-            lookup: lookup.clone(),
+            name,
+            lookup: &lookup,
             secret_hash: Sha256::digest(secret.as_bytes()).to_vec(),
             scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            default_connection: default_connection.map(str::to_owned),
-            created_at: chrono::Utc::now(),
-            revoked_at: None,
+            default_connection,
         })
         .await?;
     Ok(NewKey {

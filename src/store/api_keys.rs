@@ -10,9 +10,9 @@ use super::Store;
 pub struct ApiKeyRow {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    /// The tenant's name (read with the key, not written).
+    /// The tenant's name, read with the key.
     pub tenant: String,
-    /// The tenant is disabled (read with the key, not written).
+    /// The tenant is disabled, read with the key.
     pub tenant_disabled: bool,
     pub name: String,
     /// The public part of the key, shown in listings.
@@ -24,22 +24,34 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// A key to store: what `postwire keys create` decides (the rest is the database's).
+#[derive(Debug)]
+pub struct NewApiKey<'a> {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: &'a str,
+    pub lookup: &'a str,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub default_connection: Option<&'a str>,
+}
+
 const KEY_COLUMNS: &str = "k.id, k.tenant_id, t.name AS tenant, \
      t.disabled_at IS NOT NULL AS tenant_disabled, k.name, k.lookup, k.secret_hash, k.scopes, \
      k.default_connection, k.created_at, k.revoked_at";
 
 impl Store {
-    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), sqlx::Error> {
+    pub async fn insert_api_key(&self, key: &NewApiKey<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, lookup, secret_hash, scopes, default_connection, tenant_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(key.id)
-        .bind(&key.name)
-        .bind(&key.lookup)
+        .bind(key.name)
+        .bind(key.lookup)
         .bind(&key.secret_hash)
         .bind(&key.scopes)
-        .bind(&key.default_connection)
+        .bind(key.default_connection)
         .bind(key.tenant_id)
         .execute(&self.pool)
         .await?;

@@ -10,7 +10,7 @@ mod reconcile;
 mod tenants;
 mod workers;
 
-pub use api_keys::ApiKeyRow;
+pub use api_keys::{ApiKeyRow, NewApiKey};
 pub use connections::{ConnectionRow, DeleteConnection};
 pub use listing::{ListFilter, MessageSummary};
 pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow};
