@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::config::Settings;
-use crate::domain::{parse_sender_domains, parse_tenant_name, DEFAULT_TENANT};
+use crate::domain::{parse_sender_domains, parse_tenant_name, parse_tenant_rate, DEFAULT_TENANT};
 use crate::keys::{self, Scope};
 use crate::store::{Store, TenantRow};
 
@@ -148,8 +148,7 @@ async fn find_tenant(store: &Store, name: &str) -> anyhow::Result<TenantRow> {
 }
 
 fn rate(n: u32) -> anyhow::Result<i32> {
-    anyhow::ensure!(n > 0, "--max-rate-per-second must be at least 1");
-    i32::try_from(n).context("--max-rate-per-second")
+    parse_tenant_rate(n).map_err(|e| anyhow::anyhow!("--max-rate-per-second: {e}"))
 }
 
 /// Runs a `tenants` command, printing to stdout.

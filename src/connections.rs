@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use uuid::Uuid;
 
 use crate::crypto::Cipher;
 use crate::domain::{ConnectionFields, FieldError, Mailbox, SmtpConnection};
@@ -19,12 +20,28 @@ const CACHE_TTL: Duration = Duration::from_secs(5);
 /// the cache is bounded; the least used entries go first.
 pub const CACHE_CAPACITY: u64 = 10_000;
 
-/// Finds connections by name.
+/// A connection found by name, with whose it is.
+#[derive(Clone)]
+struct Found {
+    connection: Arc<SmtpConnection>,
+    /// The tenant that made it; `None` for the configured one, which is shared.
+    owner: Option<Uuid>,
+    /// Usable by every tenant (set by an operator).
+    shared: bool,
+}
+
+impl Found {
+    fn usable_by(&self, tenant: Uuid) -> bool {
+        self.shared || self.owner.is_none_or(|owner| owner == tenant)
+    }
+}
+
+/// Finds connections by name. Names are unique across the deployment.
 pub struct Directory {
     store: Store,
     cipher: Cipher,
     configured: Option<Arc<SmtpConnection>>,
-    cache: moka::sync::Cache<String, Option<Arc<SmtpConnection>>>,
+    cache: moka::sync::Cache<String, Option<Found>>,
 }
 
 impl Directory {
@@ -60,19 +77,47 @@ impl Directory {
         &self.cipher
     }
 
-    /// The connection called `name`, or `None` when there is none.
+    /// The connection called `name`, whoever's it is (delivery: the send was allowed
+    /// when it was accepted), or `None` when there is none.
     pub async fn get(&self, name: &str) -> Result<Option<Arc<SmtpConnection>>, StoreError> {
+        Ok(self.find(name).await?.map(|f| f.connection))
+    }
+
+    /// The connection called `name` if `tenant` may send through it: its own, or a
+    /// shared one (the configured connection is shared). Anyone else's is `None`, as
+    /// if it did not exist.
+    pub async fn usable_by(
+        &self,
+        name: &str,
+        tenant: Uuid,
+    ) -> Result<Option<Arc<SmtpConnection>>, StoreError> {
+        Ok(self
+            .find(name)
+            .await?
+            .filter(|f| f.usable_by(tenant))
+            .map(|f| f.connection))
+    }
+
+    async fn find(&self, name: &str) -> Result<Option<Found>, StoreError> {
         if let Some(c) = self.configured.as_ref().filter(|c| c.name == name) {
-            return Ok(Some(c.clone()));
+            return Ok(Some(Found {
+                connection: c.clone(),
+                owner: None,
+                shared: true,
+            }));
         }
         if let Some(found) = self.cache.get(name) {
             return Ok(found);
         }
         let found = match self.store.get_connection(name).await? {
-            Some(row) => Some(Arc::new(
-                self.from_row(&row)
-                    .map_err(|e| StoreError::Internal(format!("{e:#}")))?,
-            )),
+            Some(row) => Some(Found {
+                connection: Arc::new(
+                    self.from_row(&row)
+                        .map_err(|e| StoreError::Internal(format!("{e:#}")))?,
+                ),
+                owner: Some(row.tenant_id),
+                shared: row.shared,
+            }),
             None => None,
         };
         self.cache.insert(name.to_owned(), found.clone());

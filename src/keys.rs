@@ -18,8 +18,11 @@ pub enum Scope {
     Send,
     /// Look messages up.
     Read,
-    /// Manage connections.
+    /// Manage the tenant's connections.
     Admin,
+    /// Operate the deployment: every tenant's messages and connections, tenants
+    /// themselves, shared connections. Implies `read` and `admin` across tenants.
+    Operator,
 }
 
 impl Scope {
@@ -28,6 +31,7 @@ impl Scope {
             Scope::Send => "send",
             Scope::Read => "read",
             Scope::Admin => "admin",
+            Scope::Operator => "operator",
         }
     }
 }
@@ -39,7 +43,10 @@ impl std::str::FromStr for Scope {
             "send" => Ok(Scope::Send),
             "read" => Ok(Scope::Read),
             "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown scope {other:?} (send, read, admin)")),
+            "operator" => Ok(Scope::Operator),
+            other => Err(format!(
+                "unknown scope {other:?} (send, read, admin, operator)"
+            )),
         }
     }
 }
@@ -54,13 +61,30 @@ pub struct Principal {
     pub tenant: String,
     /// The tenant is disabled: the key is refused (403).
     pub tenant_disabled: bool,
+    /// The tenant's sends per second (per API process), if limited.
+    pub max_rate_per_second: Option<u32>,
+    /// The domains the tenant's From and Reply-To may use; `None` for any.
+    pub allowed_from_domains: Option<Vec<String>>,
     pub scopes: Vec<Scope>,
     pub default_connection: Option<String>,
 }
 
 impl Principal {
+    /// Whether the key may use a route that needs `scope`: `operator` covers `read`
+    /// and `admin` (across tenants), never `send`.
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+            || (matches!(scope, Scope::Read | Scope::Admin) && self.is_operator())
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.scopes.contains(&Scope::Operator)
+    }
+
+    /// The tenant whose data the key sees: its own, or every tenant (`None`) for an
+    /// operator.
+    pub fn sees(&self) -> Option<uuid::Uuid> {
+        (!self.is_operator()).then_some(self.tenant_id)
     }
 }
 
@@ -131,6 +155,10 @@ pub fn principal(row: &ApiKeyRow) -> Principal {
         tenant_id: row.tenant_id,
         tenant: row.tenant.clone(),
         tenant_disabled: row.tenant_disabled,
+        max_rate_per_second: row
+            .tenant_max_rate_per_second
+            .and_then(|r| u32::try_from(r).ok()),
+        allowed_from_domains: row.tenant_allowed_from_domains.clone(),
         scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
         default_connection: row.default_connection.clone(),
     }
@@ -158,6 +186,8 @@ mod tests {
             tenant_id: Uuid::nil(),
             tenant: "default".into(),
             tenant_disabled: false,
+            tenant_max_rate_per_second: None,
+            tenant_allowed_from_domains: None,
             name: "t".into(),
             lookup: "0123456789ab".into(),
             secret_hash: Sha256::digest(b"right").to_vec(),

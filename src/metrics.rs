@@ -35,11 +35,21 @@ pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
 }
 
-/// A message changed state: `accepted`, `sent`, `deferred`, `failed`, `expired`,
-/// `cancelled`.
-pub fn message(connection: &str, outcome: &'static str) {
-    counter!("postwire_messages_total", "connection" => connection.to_owned(), "outcome" => outcome)
-        .increment(1);
+/// A message of `tenant` changed state: `accepted`, `sent`, `deferred`, `failed`,
+/// `expired`, `cancelled`. Tenants are bounded too: operators make them.
+pub fn message(tenant: &str, connection: &str, outcome: &'static str) {
+    counter!(
+        "postwire_messages_total",
+        "tenant" => tenant.to_owned(),
+        "connection" => connection.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// A send refused with 429: the tenant is over its `max_rate_per_second`.
+pub fn rate_limited(tenant: &str) {
+    counter!("postwire_rate_limited_total", "tenant" => tenant.to_owned()).increment(1);
 }
 
 /// One SMTP attempt: its duration and the class of the server's final reply

@@ -200,7 +200,8 @@ impl Worker {
                 return;
             }
         };
-        let span = tracing::info_span!("deliver", message_id = %job.id);
+        let span =
+            tracing::info_span!("deliver", message_id = %job.id, tenant = tracing::field::Empty);
         let next = self
             .deliverer
             .process(job, shutdown)

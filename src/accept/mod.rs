@@ -171,6 +171,7 @@ impl Acceptor {
                 ))
             }
         };
+        check_sender_domains(sender, &from, &message.reply_to)?;
         let id = Uuid::now_v7();
         let from_addr = from.to_display();
         let (message, rendered) = self.render(id, message, from, large).await?;
@@ -193,7 +194,7 @@ impl Acceptor {
     }
 
     /// The connection of a send: the one it names, else the API key's default, else
-    /// the configured default.
+    /// the configured default; one of the sender's tenant or a shared one.
     async fn connection(
         &self,
         requested: Option<&str>,
@@ -213,7 +214,7 @@ impl Acceptor {
         let name = parse_connection_name(name).map_err(|e| AcceptError::field("connection", e))?;
         let connection = self
             .connections
-            .get(&name)
+            .usable_by(&name, sender.tenant_id)
             .await?
             .ok_or(AcceptError::NoConnection(name))?;
         Ok(SendConnection {
@@ -270,17 +271,22 @@ impl Acceptor {
         idempotency: Option<Idempotency>,
     ) -> Result<Accept, AcceptError> {
         let this = Arc::clone(self);
-        // A key belongs to the API key that used it: another caller's key is not a
-        // replay.
-        let scope = sender.key_id.to_string();
-        tokio::spawn(async move { this.commit_and_publish(scope, prepared, idempotency).await })
-            .await
-            .map_err(|e| AcceptError::Internal(e.into()))?
+        // An Idempotency-Key belongs to the tenant that used it: another tenant's same
+        // key is not a replay (nor a conflict).
+        let scope = sender.tenant_id.to_string();
+        let tenant = sender.tenant.clone();
+        tokio::spawn(async move {
+            this.commit_and_publish(scope, tenant, prepared, idempotency)
+                .await
+        })
+        .await
+        .map_err(|e| AcceptError::Internal(e.into()))?
     }
 
     async fn commit_and_publish(
         self: Arc<Self>,
         scope: String,
+        tenant: String,
         prepared: Vec<Prepared>,
         idempotency: Option<Idempotency>,
     ) -> Result<Accept, AcceptError> {
@@ -311,8 +317,8 @@ impl Acceptor {
         };
         if let Accept::Committed = accepted {
             for p in prepared.iter() {
-                tracing::info!(message_id = %p.id, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
-                crate::metrics::message(&p.connection, "accepted");
+                tracing::info!(message_id = %p.id, tenant = %tenant, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
+                crate::metrics::message(&tenant, &p.connection, "accepted");
             }
             let jobs: Vec<Job> = prepared.iter().filter_map(Prepared::job).collect();
             // The answer waits for the broker at most amqp.publish_timeout; a publish
@@ -338,6 +344,45 @@ impl Acceptor {
             tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it");
         }
         self.published.mark(published.ok).await;
+    }
+}
+
+/// Refuses a From or Reply-To outside the tenant's sender domains (when it has any):
+/// the anchors send only from verified domains, and a tenant must not be able to
+/// speak for another's.
+fn check_sender_domains(
+    sender: &Principal,
+    from: &Mailbox,
+    reply_to: &[Mailbox],
+) -> Result<(), AcceptError> {
+    let Some(allowed) = &sender.allowed_from_domains else {
+        return Ok(());
+    };
+    let permitted = |m: &Mailbox| {
+        let domain = m.address.domain().to_ascii_lowercase();
+        allowed.contains(&domain)
+    };
+    let errors: Vec<FieldError> = std::iter::once(("From", from))
+        .chain(reply_to.iter().map(|m| ("ReplyTo", m)))
+        .filter(|(_, m)| !permitted(m))
+        .map(|(field, m)| {
+            FieldError::new(
+                field,
+                format!(
+                    "the domain {:?} is not one of the tenant's sender domains ({})",
+                    m.address.domain(),
+                    allowed.join(", ")
+                ),
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(AcceptError::Invalid {
+            too_large: false,
+            errors,
+        })
     }
 }
 

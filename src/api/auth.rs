@@ -76,6 +76,15 @@ pub async fn require_admin(
     authorize(state, Scope::Admin, req, next).await
 }
 
+/// Middleware for routes that need `operator`.
+pub async fn require_operator(
+    state: State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    authorize(state, Scope::Operator, req, next).await
+}
+
 async fn authorize(
     State(state): State<AppState>,
     scope: Scope,
@@ -99,6 +108,8 @@ async fn authorize(
         ));
     }
     let principal = keys::principal(&row);
+    // Every later line of the request says whose it is.
+    tracing::Span::current().record("tenant", principal.tenant.as_str());
     if principal.tenant_disabled {
         return Err(ApiError::Forbidden(format!(
             "the tenant {:?} of this API key is disabled",

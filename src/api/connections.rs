@@ -49,6 +49,8 @@ pub struct ConnectionPatch {
     pub max_rate_per_second: Option<Option<u32>>,
     /// See [`ConnectionFields::allow_plaintext_auth`].
     pub allow_plaintext_auth: Option<bool>,
+    /// Usable by every tenant's sends (`operator` keys only).
+    pub shared: Option<bool>,
 }
 
 impl super::RequestBody for ConnectionFields {
@@ -72,6 +74,10 @@ where
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub name: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// Usable by every tenant's sends (an operator decides).
+    pub shared: bool,
     pub host: String,
     pub port: i32,
     pub security: Security,
@@ -96,6 +102,8 @@ impl From<&ConnectionRow> for ConnectionView {
     fn from(c: &ConnectionRow) -> ConnectionView {
         ConnectionView {
             name: c.name.clone(),
+            tenant: c.tenant.clone(),
+            shared: c.shared,
             host: c.host.clone(),
             port: c.port,
             security: c.security,
@@ -120,7 +128,9 @@ impl From<&ConnectionRow> for ConnectionView {
     tag = "connections",
     summary = "Store an SMTP connection",
     description = "Requires an API key with the **admin** scope.\n\n\
-        The password is encrypted at rest and never returned.",
+        The password is encrypted at rest and never returned. The connection belongs to \
+        the key's tenant; names are unique across the deployment (a taken name is 409, \
+        whoever's it is).",
     request_body(
         description = "The connection, as JSON or XML.",
         content(
@@ -156,15 +166,20 @@ pub async fn create(
     let connection = fields.parse().map_err(ApiError::invalid)?;
     let id = Uuid::now_v7();
     let sealed = seal(&state, id, connection.password.as_ref());
-    let row = ConnectionRow::new(id, principal.tenant_id, &connection, sealed);
+    let row = ConnectionRow::new(
+        id,
+        (principal.tenant_id, &principal.tenant),
+        &connection,
+        sealed,
+    );
     if !state.store.insert_connection(&row).await? {
         return Err(ApiError::Conflict(format!(
-            "a connection named {:?} already exists",
+            "the connection name {:?} is taken (names are unique across the deployment)",
             row.name
         )));
     }
     tracing::info!(connection = %row.name, host = %row.host, "connection created");
-    let stored = load(&state, &row.name).await?;
+    let stored = load(&state, &principal, &row.name).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/connections/{}", row.name)) {
         headers.insert(header::LOCATION, location);
@@ -191,9 +206,15 @@ fn seal(state: &AppState, id: Uuid, password: Option<&SecretString>) -> Option<V
 /// when the stored password was cleared because the connection now points elsewhere.
 fn patched(
     state: &AppState,
+    caller: &Principal,
     row: &ConnectionRow,
     patch: ConnectionPatch,
 ) -> Result<(ConnectionRow, bool), ApiError> {
+    if patch.shared.is_some() && !caller.is_operator() {
+        return Err(ApiError::Forbidden(
+            "only an operator key can share a connection with every tenant".to_owned(),
+        ));
+    }
     let mut fields = row.fields();
     if let Some(host) = patch.host {
         fields.host = host;
@@ -238,19 +259,21 @@ fn patched(
         None if moved && row.password_enc.is_some() => (None, true),
         None => (row.password_enc.clone(), false),
     };
-    Ok((
-        ConnectionRow::new(row.id, row.tenant_id, &connection, sealed),
-        cleared,
-    ))
+    let mut updated = ConnectionRow::new(row.id, (row.tenant_id, &row.tenant), &connection, sealed);
+    updated.shared = patch.shared.unwrap_or(row.shared);
+    Ok((updated, cleared))
 }
 
-async fn load(state: &AppState, name: &str) -> Result<ConnectionRow, ApiError> {
+/// The stored connection `name` if the caller's tenant owns it (an operator: any).
+/// Another tenant's is a 404, as if it did not exist.
+async fn load(state: &AppState, caller: &Principal, name: &str) -> Result<ConnectionRow, ApiError> {
     // A name that cannot exist is not looked up.
     parse_connection_name(name).map_err(|_| ApiError::no_connection(name, None))?;
     state
         .store
         .get_connection(name)
         .await?
+        .filter(|row| caller.sees().is_none_or(|t| t == row.tenant_id))
         .ok_or_else(|| ApiError::no_connection(name, None))
 }
 
@@ -268,7 +291,8 @@ pub struct ConnectionList {
     tag = "connections",
     summary = "List the stored SMTP connections",
     description = "Requires an API key with the **admin** scope.\n\n\
-        Passwords are never returned (`has_password` says whether one is stored).",
+        The key's tenant's connections (an `operator` key: every tenant's). Passwords \
+        are never returned (`has_password` says whether one is stored).",
     responses(
         (status = 200, description = "The connections.", body = ConnectionList),
         (status = 401, response = super::schemas::Unauthorized),
@@ -277,8 +301,11 @@ pub struct ConnectionList {
     ),
     security(("bearer" = ["admin"]), ("apiKey" = ["admin"]))
 )]
-pub async fn list(State(state): State<AppState>) -> Result<Json<ConnectionList>, ApiError> {
-    let rows = state.store.list_connections().await?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<ConnectionList>, ApiError> {
+    let rows = state.store.list_connections(caller.sees()).await?;
     Ok(Json(ConnectionList {
         connections: rows.iter().map(ConnectionView::from).collect(),
     }))
@@ -291,7 +318,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ConnectionList>,
     operation_id = "getConnection",
     tag = "connections",
     summary = "Look a stored SMTP connection up",
-    description = "Requires an API key with the **admin** scope.",
+    description = "Requires an API key with the **admin** scope.\n\n\
+        Another tenant's connection is 404 (an `operator` key sees every tenant's).",
     params((
         "name" = String,
         Path,
@@ -309,9 +337,12 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ConnectionList>,
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    Ok(Json(ConnectionView::from(&load(&state, &name).await?)))
+    Ok(Json(ConnectionView::from(
+        &load(&state, &caller, &name).await?,
+    )))
 }
 
 /// `PATCH /v1/connections/{name}`.
@@ -322,7 +353,8 @@ pub async fn get(
     tag = "connections",
     summary = "Change a stored SMTP connection",
     description = "Requires an API key with the **admin** scope.\n\n\
-        Absent fields are kept; `null` clears an optional one.",
+        Absent fields are kept; `null` clears an optional one. Another tenant's \
+        connection is 404; `shared` needs an `operator` key (403 otherwise).",
     params((
         "name" = String,
         Path,
@@ -351,14 +383,16 @@ pub async fn get(
 )]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     Payload(patch, _): Payload<ConnectionPatch>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let (row, password_cleared) = patched(&state, &load(&state, &name).await?, patch)?;
+    let stored = load(&state, &caller, &name).await?;
+    let (row, password_cleared) = patched(&state, &caller, &stored, patch)?;
     state.store.update_connection(&row).await?;
     state.connections.forget(&name);
-    tracing::info!(connection = %name, password_cleared, "connection updated");
-    let mut view = ConnectionView::from(&load(&state, &name).await?);
+    tracing::info!(connection = %name, password_cleared, shared = row.shared, "connection updated");
+    let mut view = ConnectionView::from(&load(&state, &caller, &name).await?);
     view.password_cleared = password_cleared;
     Ok(Json(view))
 }
@@ -381,7 +415,8 @@ pub struct DeleteQuery {
     tag = "connections",
     summary = "Delete a stored SMTP connection",
     description = "Requires an API key with the **admin** scope.\n\n\
-        409 while messages wait to be sent through it, unless `force=true`.",
+        409 while messages wait to be sent through it, unless `force=true`. Another \
+        tenant's connection is 404.",
     params((
         "name" = String,
         Path,
@@ -401,15 +436,15 @@ pub struct DeleteQuery {
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
     super::Query(query): super::Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     parse_connection_name(&name).map_err(|_| ApiError::no_connection(&name, None))?;
     match state
         .store
-        .delete_connection(&name, query.force)
-        .await
-        ?
+        .delete_connection(&name, caller.sees(), query.force)
+        .await?
     {
         DeleteConnection::Deleted => {
             state.connections.forget(&name);
@@ -434,7 +469,8 @@ pub async fn delete(
     description = "Requires an API key with the **admin** scope.\n\n\
         Connects, says EHLO, upgrades with STARTTLS or TLS, authenticates, then QUIT; \
         reports what the server said at each step, or the step that failed. A failed \
-        step is still a 200 with `ok: false`.",
+        step is still a 200 with `ok: false`. The key's tenant's connections and shared \
+        ones (an `operator` key: any); another tenant's is 404.",
     params((
         "name" = String,
         Path,
@@ -452,14 +488,15 @@ pub async fn delete(
 )]
 pub async fn verify(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<crate::smtp::VerifyReport>, ApiError> {
     parse_connection_name(&name).map_err(|_| ApiError::no_connection(&name, None))?;
-    let connection = state
-        .connections
-        .get(&name)
-        .await?
-        .ok_or_else(|| ApiError::no_connection(&name, None))?;
+    let connection = match caller.sees() {
+        None => state.connections.get(&name).await?,
+        Some(tenant) => state.connections.usable_by(&name, tenant).await?,
+    }
+    .ok_or_else(|| ApiError::no_connection(&name, None))?;
     Ok(Json(
         crate::smtp::verify(&connection, &state.settings.smtp).await,
     ))

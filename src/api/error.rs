@@ -49,6 +49,12 @@ pub enum ApiError {
     /// A dependency (PostgreSQL) is unreachable: nothing was accepted, try again.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The tenant is over its send rate (429): try again after `retry_after`.
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     /// This process is at one of its limits (bodies in flight): try again shortly.
     #[error("{0}")]
     Busy(String),
@@ -93,6 +99,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +122,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::IdempotencyKeyReused => ("idempotency-key-reused", "Idempotency-Key reused"),
+            ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
             ApiError::Busy(_) => ("busy", "Server busy"),
             ApiError::RequestTimeout(_) => ("timeout", "Request timeout"),
@@ -136,7 +144,7 @@ impl ApiError {
 pub struct Problem {
     /// `urn:postwire:problem:<kind>`: validation, malformed, too-large,
     /// unsupported-media-type, not-found, conflict, unauthorized, forbidden,
-    /// idempotency-key-reused, unavailable, busy, timeout or internal.
+    /// idempotency-key-reused, rate-limited, unavailable, busy, timeout or internal.
     #[serde(rename = "type")]
     #[schema(pattern = "^urn:postwire:problem:[a-z-]+$")]
     pub kind: String,
@@ -261,6 +269,11 @@ impl IntoResponse for ApiError {
             }
             ApiError::Busy(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                // Whole seconds, rounded up: a client that waits that long fits.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             ApiError::RequestTimeout(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

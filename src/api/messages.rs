@@ -3,19 +3,25 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
-use crate::domain::{parse_connection_name, Mailbox, RecipientResult, SmtpReply, Status};
+use crate::domain::{
+    parse_connection_name, parse_tenant_name, Mailbox, RecipientResult, SmtpReply, Status,
+};
+use crate::keys::Principal;
 use crate::store::{Cancel, EventRecord, ListFilter, MessageRecord};
 
 /// A message as `GET /v1/messages/{id}` shows it.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
+    /// The tenant whose message it is (a key sees only its own tenant's, an
+    /// `operator` key every tenant's).
+    pub tenant: String,
     pub status: Status,
     pub connection: String,
     pub from: String,
@@ -50,6 +56,7 @@ impl From<MessageRecord> for MessageView {
         let display = |list: &[Mailbox]| list.iter().map(Mailbox::to_display).collect();
         MessageView {
             id: m.id,
+            tenant: m.tenant,
             status: m.status,
             connection: m.connection,
             from: m.from_addr,
@@ -86,7 +93,9 @@ impl From<MessageRecord> for MessageView {
     summary = "Look a message up",
     description = "Requires an API key with the **read** scope.\n\n\
         Status, connection, sender, recipients, subject, size, attempts, the last SMTP \
-        reply, per-recipient results and timestamps.",
+        reply, per-recipient results and timestamps. A key sees its own tenant's \
+        messages only: any other id is 404, whether it exists or not. An `operator` key \
+        sees every tenant's.",
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
         (status = 200, description = "The message.", body = MessageView),
@@ -100,12 +109,13 @@ impl From<MessageRecord> for MessageView {
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, ApiError> {
     let id = parse_id(&id)?;
     let message = state
         .store
-        .get_message(id)
+        .get_message(id, caller.sees())
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(Json(message.into()))
@@ -158,7 +168,7 @@ pub struct EventsView {
     summary = "The history of a message",
     description = "Requires an API key with the **read** scope.\n\n\
         `accepted`, each `attempt` with its reply, then `sent`, `failed`, `deferred`, \
-        `cancelled` or `expired`, oldest first.",
+        `cancelled` or `expired`, oldest first. Another tenant's message is 404.",
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
         (status = 200, description = "The events.", body = EventsView),
@@ -172,10 +182,15 @@ pub struct EventsView {
 )]
 pub async fn events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<EventsView>, ApiError> {
     let id = parse_id(&id)?;
-    let events = state.store.events(id).await?.ok_or_else(|| not_found(id))?;
+    let events = state
+        .store
+        .events(id, caller.sees())
+        .await?
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(EventsView {
         id,
         events: events.into_iter().map(Into::into).collect(),
@@ -191,7 +206,7 @@ pub async fn events(
     summary = "Cancel a message that has not been sent",
     description = "Requires an API key with the **send** scope.\n\n\
         A `queued` or `deferred` message becomes `cancelled` and is never sent; a \
-        message in any other status answers 409.",
+        message in any other status answers 409. Another tenant's message is 404.",
     params(("id" = Uuid, Path, description = "The message id from the 202 answer (a UUID).")),
     responses(
         (status = 200, description = "Cancelled.", body = super::schemas::CancelledMessage),
@@ -206,13 +221,14 @@ pub async fn events(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
-    match state.store.cancel(id).await? {
-        Cancel::Cancelled(connection) => {
-            tracing::info!(message_id = %id, connection = %connection, "cancelled");
-            crate::metrics::message(&connection, "cancelled");
+    match state.store.cancel(id, caller.sees()).await? {
+        Cancel::Cancelled { tenant, connection } => {
+            tracing::info!(message_id = %id, tenant = %tenant, connection = %connection, "cancelled");
+            crate::metrics::message(&tenant, &connection, "cancelled");
             Ok(Json(
                 serde_json::json!({ "id": id, "status": Status::Cancelled }),
             ))
@@ -241,6 +257,10 @@ fn not_found(id: Uuid) -> ApiError {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this tenant's messages (`operator` keys only; other keys always see
+    /// their own tenant's).
+    #[param(value_type = String, required = false)]
+    pub tenant: Option<String>,
     /// Only messages in this status.
     #[param(value_type = Status, required = false)]
     pub status: Option<String>,
@@ -265,6 +285,7 @@ pub struct ListQuery {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SummaryView {
     pub id: Uuid,
+    pub tenant: String,
     pub status: Status,
     pub connection: String,
     pub from: String,
@@ -294,7 +315,9 @@ pub struct ListView {
     summary = "List messages, newest first",
     description = "Requires an API key with the **read** scope.\n\n\
         Keyset pages, stable while new messages arrive: pass `next_cursor` as `cursor` \
-        for the next page. Unknown query parameters are refused (400).",
+        for the next page. Unknown query parameters are refused (400). A key lists its \
+        own tenant's messages; an `operator` key lists every tenant's, or one tenant's \
+        with `tenant`.",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of messages.", body = ListView),
@@ -307,6 +330,7 @@ pub struct ListView {
 )]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     super::Query(q): super::Query<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
     let time = |field: &'static str, v: Option<String>| {
@@ -321,7 +345,17 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::field("limit", "must be 1 to 500"));
     }
+    let tenant = match (q.tenant, caller.sees()) {
+        (None, own) => own,
+        (Some(name), None) => Some(tenant_id(&state, &name).await?),
+        (Some(name), Some(own)) if name == caller.tenant => Some(own),
+        (Some(_), Some(_)) => return Err(ApiError::field(
+            "tenant",
+            "only an operator key can choose a tenant; this key lists its own tenant's messages",
+        )),
+    };
     let filter = ListFilter {
+        tenant,
         status: q
             .status
             .map(|s| {
@@ -353,6 +387,7 @@ pub async fn list(
             .into_iter()
             .map(|m| SummaryView {
                 id: m.id,
+                tenant: m.tenant,
                 status: m.status,
                 connection: m.connection,
                 from: m.from_addr,
@@ -365,4 +400,18 @@ pub async fn list(
             .collect(),
         next_cursor,
     }))
+}
+
+/// The id of the tenant an operator filters by.
+async fn tenant_id(state: &AppState, name: &str) -> Result<Uuid, ApiError> {
+    let name = parse_tenant_name(name).map_err(|e| ApiError::field("tenant", e))?;
+    state
+        .store
+        .tenant_by_name(&name)
+        .await?
+        .map(|t| t.id)
+        .ok_or_else(|| ApiError::NotFound {
+            detail: format!("no tenant named {name:?}"),
+            field: Some("tenant"),
+        })
 }

@@ -10,9 +10,11 @@ pub mod messages;
 mod negotiate;
 mod openapi;
 mod payload;
+mod rate_limit;
 pub mod schemas;
 pub mod send;
 pub mod server;
+pub mod tenants;
 
 pub use error::{ApiError, Problem};
 pub use payload::{Payload, Query, RequestBody};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub acceptor: Arc<Acceptor>,
     pub connections: Arc<Directory>,
     pub keys: Arc<auth::KeyCache>,
+    /// Per-tenant send rates.
+    limits: Arc<rate_limit::TenantLimits>,
     /// Bytes of request bodies in flight, all requests together.
     body_budget: Arc<inflight::BodyBudget>,
     pub settings: Arc<Settings>,
@@ -63,6 +67,7 @@ impl AppState {
                 settings.clone(),
             )),
             keys: Arc::new(auth::KeyCache::new(settings.security.api_key_cache)),
+            limits: Arc::default(),
             body_budget: Arc::new(inflight::BodyBudget::new(
                 settings.server.max_body_bytes_in_flight,
             )),
@@ -109,6 +114,12 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(connections::verify))
 }
 
+fn operator_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get, tenants::update))
+}
+
 fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health::healthz))
@@ -120,7 +131,13 @@ fn open_routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of every route [`router`] serves.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut paths = utoipa::openapi::OpenApi::default();
-    for group in [send_routes(), read_routes(), admin_routes(), open_routes()] {
+    for group in [
+        send_routes(),
+        read_routes(),
+        admin_routes(),
+        operator_routes(),
+        open_routes(),
+    ] {
         paths.merge(group.into_openapi());
     }
     openapi::document(paths)
@@ -140,10 +157,14 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::from(admin_routes())
         .route_layer(from_fn_with_state(state.clone(), inflight::read_body))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin));
+    let operator = Router::from(operator_routes())
+        .route_layer(from_fn_with_state(state.clone(), inflight::read_body))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_operator));
     Router::new()
         .merge(send)
         .merge(read)
         .merge(admin)
+        .merge(operator)
         .merge(Router::from(open_routes()))
         .layer(Extension(health::OpenApiJson(document.into())))
         .layer(axum::middleware::from_fn(negotiate::xml_when_preferred))
@@ -156,7 +177,7 @@ pub fn router(state: AppState) -> Router {
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id, tenant = tracing::field::Empty)
             }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

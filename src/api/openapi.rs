@@ -13,6 +13,7 @@ use super::email_message::{EmailAttachment, EmailMessage, EmailMessageXml};
 use super::messages::{EventView, EventsView, ListView, MessageView, SummaryView};
 use super::schemas::*;
 use super::send::{BatchRequest, BatchXml};
+use super::tenants::{NewTenant, TenantList, TenantPatch, TenantView};
 use super::Problem;
 use crate::domain::{
     ConnectionFields, FieldError, Importance, RecipientResult, Security, SmtpReply, Status,
@@ -30,8 +31,19 @@ use crate::smtp::{VerifyReport, VerifyStep};
             it up by id.\n\n\
             **Authentication**: every operation except `/healthz`, `/readyz`, `/metrics` \
             and `/openapi.json` needs an API key, as `Authorization: Bearer pw_...` or \
-            `X-API-Key: pw_...`, with the scope the operation names (`send`, `read` or \
-            `admin`): 401 without a valid key, 403 without the scope.\n\n\
+            `X-API-Key: pw_...`, with the scope the operation names (`send`, `read`, \
+            `admin` or `operator`): 401 without a valid key, 403 without the scope or when \
+            the key's tenant is disabled.\n\n\
+            **Tenants**: every key belongs to a tenant (one producing application) and \
+            sees, sends through and changes only its tenant's messages and connections \
+            (plus connections an operator shared): another tenant's message id or \
+            connection name answers 404, exactly as one that does not exist. \
+            Idempotency keys are per tenant. `admin` manages the tenant's own connections. \
+            `operator` covers `read` and `admin` across every tenant, manages tenants \
+            (`/v1/tenants`) and shares connections; views carry the `tenant`. A tenant's \
+            `max_rate_per_second` answers 429 with `Retry-After` beyond it (per API \
+            process), and its `allowed_from_domains` refuse any other From or Reply-To \
+            domain (400 naming the field).\n\n\
             **Errors** are RFC 7807 `application/problem+json` with `errors: [{field, \
             message}]` naming each invalid field.\n\n\
             **XML**: request bodies may be `application/xml` (or `text/xml`); responses are \
@@ -60,6 +72,10 @@ use crate::smtp::{VerifyReport, VerifyStep};
             ConnectionPatch,
             ConnectionView,
             ConnectionList,
+            NewTenant,
+            TenantPatch,
+            TenantView,
+            TenantList,
             VerifyReport,
             VerifyStep,
             SmtpReply,
@@ -85,6 +101,7 @@ use crate::smtp::{VerifyReport, VerifyStep};
             PayloadTooLarge,
             UnsupportedMediaType,
             IdempotencyKeyReused,
+            TooManyRequests,
             Unavailable,
             RequestTimeout,
         )
@@ -92,7 +109,8 @@ use crate::smtp::{VerifyReport, VerifyStep};
     tags(
         (name = "send", description = "Accepting messages (scope `send`)."),
         (name = "messages", description = "Looking messages up (scope `read`) and cancelling them (scope `send`)."),
-        (name = "connections", description = "Stored SMTP connections (scope `admin`)."),
+        (name = "connections", description = "Stored SMTP connections (scope `admin`: the tenant's own; `operator`: every tenant's)."),
+        (name = "tenants", description = "Tenants: producing applications, each with its own keys, connections and mail (scope `operator`)."),
         (name = "operations", description = "Health, readiness, metrics and this document; no key needed."),
     )
 )]
@@ -123,7 +141,8 @@ impl Modify for SecuritySchemes {
                     .bearer_format("pw_<lookup>_<secret>")
                     .description(Some(
                         "`Authorization: Bearer pw_...`. Keys are created with \
-                         `postwire keys create --name NAME --scopes send,read,admin`.",
+                         `postwire keys create --tenant TENANT --name NAME --scopes send,read,admin` \
+                         (scopes: send, read, admin, operator).",
                     ))
                     .build(),
             ),

@@ -189,11 +189,15 @@ problem_response!(
 );
 problem_response!(
     Forbidden,
-    "The API key lacks the scope this operation needs."
+    "The API key lacks the scope this operation needs, or its tenant is disabled."
 );
 problem_response!(
     NotFound,
-    "No such message or connection (a send naming an unknown `connection` names the field)."
+    "No such message or connection, or one of another tenant (ids and names of other tenants are never confirmed). A send naming an unknown `connection` names the field."
+);
+problem_response!(
+    TooManyRequests,
+    "The tenant is over its `max_rate_per_second` (`rate-limited`, counted per API process); nothing was accepted. Retry after `Retry-After` seconds."
 );
 problem_response!(Conflict, "The request conflicts with the resource's state.");
 problem_response!(

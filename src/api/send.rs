@@ -52,6 +52,7 @@ use crate::store::Accept;
         (status = 413, response = super::schemas::PayloadTooLarge),
         (status = 415, response = super::schemas::UnsupportedMediaType),
         (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 429, response = super::schemas::TooManyRequests),
         (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
@@ -63,6 +64,7 @@ pub async fn send(
     Payload(request, digest): Payload<EmailMessage>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    state.limits.admit(&principal, 1)?;
     let large = request.content_len() > LARGE_BODY;
     let prepared = prepare(&state, &principal, request, large).await?;
     let answer = json!({ "id": prepared.id(), "status": Status::Queued });
@@ -100,6 +102,7 @@ pub async fn send(
         (status = 413, response = super::schemas::PayloadTooLarge),
         (status = 415, response = super::schemas::UnsupportedMediaType),
         (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 429, response = super::schemas::TooManyRequests),
         (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
@@ -185,6 +188,7 @@ impl RequestBody for EmailMessage {
         (status = 413, response = super::schemas::PayloadTooLarge),
         (status = 415, response = super::schemas::UnsupportedMediaType),
         (status = 422, response = super::schemas::IdempotencyKeyReused),
+        (status = 429, response = super::schemas::TooManyRequests),
         (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = ["send"]), ("apiKey" = ["send"]))
@@ -212,6 +216,7 @@ pub async fn send_batch(
             )],
         });
     }
+    state.limits.admit(&principal, batch.messages.len())?;
     // Many medium messages add up: past a megabyte the whole batch is worked on the
     // blocking pool, one message at a time.
     let large = batch

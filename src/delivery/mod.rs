@@ -205,6 +205,12 @@ impl Deliverer {
                 tracing::debug!(due = %at, "not due yet; parked");
                 return Ok(Next::Park(Job::new(id).due_at(at), wait));
             }
+            Claim::Held => {
+                tracing::info!(
+                    "the tenant is disabled; the message waits in PostgreSQL until it is enabled"
+                );
+                return Ok(Next::Done);
+            }
             Claim::Nothing(Some(status)) if !status.is_terminal() => {
                 // Claimable by status but not by content: the stored message is gone.
                 return Ok(Next::Dead(
@@ -217,6 +223,8 @@ impl Deliverer {
                 return Ok(Next::Done);
             }
         };
+        // Every later line about this message says whose it is.
+        tracing::Span::current().record("tenant", claimed.tenant.as_str());
         let (outcome, next) = if self.policy.expired(&claimed) {
             self.policy.expire(&claimed)
         } else {
@@ -262,7 +270,7 @@ impl Deliverer {
             );
             return Ok(Next::Done);
         }
-        crate::metrics::message(&claimed.connection, outcome.event);
+        crate::metrics::message(&claimed.tenant, &claimed.connection, outcome.event);
         Ok(next)
     }
 

@@ -131,6 +131,8 @@ pub struct RecipientResult {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
     pub id: Uuid,
+    /// The name of the message's tenant.
+    pub tenant: String,
     pub connection: String,
     pub envelope_from: String,
     pub envelope_to: Vec<String>,
@@ -153,6 +155,9 @@ pub enum Claim {
     InProgress,
     /// Waiting, but not due before this time (a duplicate or early job).
     NotYet(DateTime<Utc>),
+    /// Its tenant is disabled: the message waits in PostgreSQL, and the reconciler
+    /// publishes it again once the tenant is enabled.
+    Held,
     /// Nothing to do: the message is terminal (or does not exist).
     Nothing(Option<Status>),
 }

@@ -19,7 +19,9 @@ pub use importance::Importance;
 pub use message::{
     Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding, MAX_SUBJECT,
 };
-pub use tenant::{parse_sender_domains, parse_tenant_name, DEFAULT_TENANT, DEFAULT_TENANT_ID};
+pub use tenant::{
+    parse_sender_domains, parse_tenant_name, parse_tenant_rate, DEFAULT_TENANT, DEFAULT_TENANT_ID,
+};
 pub use text::{check_header_text, check_header_text_max, HeaderTextError};
 
 /// One problem with one input field, as reported to the client.

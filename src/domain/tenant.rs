@@ -15,6 +15,14 @@ pub fn parse_tenant_name(name: &str) -> Result<String, String> {
     })
 }
 
+/// A tenant's `max_rate_per_second`: 1 or more.
+pub fn parse_tenant_rate(rate: u32) -> Result<i32, String> {
+    i32::try_from(rate)
+        .ok()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| format!("{rate} is not a rate (1 to {})", i32::MAX))
+}
+
 /// Sender domains, lower-cased: each a DNS name of letters, digits, `-` and `.`.
 pub fn parse_sender_domains(domains: &[String]) -> Result<Vec<String>, String> {
     domains

@@ -14,6 +14,10 @@ pub struct ApiKeyRow {
     pub tenant: String,
     /// The tenant is disabled, read with the key.
     pub tenant_disabled: bool,
+    /// The tenant's send rate limit, read with the key.
+    pub tenant_max_rate_per_second: Option<i32>,
+    /// The tenant's sender domains, read with the key.
+    pub tenant_allowed_from_domains: Option<Vec<String>>,
     pub name: String,
     /// The public part of the key, shown in listings.
     pub lookup: String,
@@ -37,7 +41,9 @@ pub struct NewApiKey<'a> {
 }
 
 const KEY_COLUMNS: &str = "k.id, k.tenant_id, t.name AS tenant, \
-     t.disabled_at IS NOT NULL AS tenant_disabled, k.name, k.lookup, k.secret_hash, k.scopes, \
+     t.disabled_at IS NOT NULL AS tenant_disabled, \
+     t.max_rate_per_second AS tenant_max_rate_per_second, \
+     t.allowed_from_domains AS tenant_allowed_from_domains, k.name, k.lookup, k.secret_hash, k.scopes, \
      k.default_connection, k.created_at, k.revoked_at";
 
 impl Store {

@@ -37,6 +37,9 @@ impl Store {
                FROM locked
               WHERE m.id = locked.id
                 AND EXISTS (SELECT 1 FROM message_bodies b WHERE b.message_id = m.id)
+                -- a disabled tenant's mail waits
+                AND NOT EXISTS (SELECT 1 FROM tenants t
+                                 WHERE t.id = m.tenant_id AND t.disabled_at IS NOT NULL)
                 AND ((m.status IN ('queued', 'deferred')
                       AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now()))
                      -- this worker's own claim whose outcome was never recorded
@@ -45,7 +48,8 @@ impl Store {
                            SELECT 1 FROM workers w
                             WHERE w.id = m.claimed_by
                               AND w.heartbeat_at > now() - make_interval(secs => $3))))
-          RETURNING m.id, m.connection, m.envelope_from, m.envelope_to, m.attempts, m.created_at,
+          RETURNING m.id, (SELECT name FROM tenants t WHERE t.id = m.tenant_id) AS tenant,
+                    m.connection, m.envelope_from, m.envelope_to, m.attempts, m.created_at,
                     m.send_at, m.expires_at,
                     (SELECT raw FROM message_bodies b WHERE b.message_id = m.id) AS raw",
         )
@@ -64,16 +68,18 @@ impl Store {
             .collect();
         let mut statuses = HashMap::new();
         if !unclaimed.is_empty() {
-            let rows: Vec<(Uuid, Status, Option<DateTime<Utc>>)> = sqlx::query_as(
+            let rows: Vec<(Uuid, Status, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
                 "SELECT id, status,
-                        CASE WHEN next_attempt_at > now() THEN next_attempt_at END AS not_before
+                        CASE WHEN next_attempt_at > now() THEN next_attempt_at END AS not_before,
+                        EXISTS (SELECT 1 FROM tenants t
+                                 WHERE t.id = messages.tenant_id AND t.disabled_at IS NOT NULL)
                    FROM messages WHERE id = ANY($1)",
             )
             .bind(&unclaimed)
             .fetch_all(&self.pool)
             .await?;
-            for (id, status, not_before) in rows {
-                statuses.insert(id, (status, not_before));
+            for (id, status, not_before, held) in rows {
+                statuses.insert(id, (status, not_before, held));
             }
         }
         Ok(ids
@@ -83,9 +89,10 @@ impl Store {
                 // A second request for the same id in one batch: the first one has it.
                 None if !unclaimed.contains(id) => Claim::InProgress,
                 None => match statuses.get(id) {
-                    Some((Status::Sending, _)) => Claim::InProgress,
-                    Some((status, Some(at))) if !status.is_terminal() => Claim::NotYet(*at),
-                    other => Claim::Nothing(other.map(|(status, _)| *status)),
+                    Some((status, _, true)) if !status.is_terminal() => Claim::Held,
+                    Some((Status::Sending, ..)) => Claim::InProgress,
+                    Some((status, Some(at), _)) if !status.is_terminal() => Claim::NotYet(*at),
+                    other => Claim::Nothing(other.map(|(status, ..)| *status)),
                 },
             })
             .collect())

@@ -12,6 +12,8 @@ pub struct ConnectionRow {
     pub id: Uuid,
     /// The tenant that made it; others may use it only when it is `shared`.
     pub tenant_id: Uuid,
+    /// That tenant's name.
+    pub tenant: String,
     /// Usable by every tenant's sends (set by an operator).
     pub shared: bool,
     pub name: String,
@@ -47,7 +49,7 @@ impl ConnectionRow {
     /// The row for a checked connection; `password_enc` is its sealed password.
     pub fn new(
         id: Uuid,
-        tenant_id: Uuid,
+        (tenant_id, tenant): (Uuid, &str),
         c: &SmtpConnection,
         password_enc: Option<Vec<u8>>,
     ) -> ConnectionRow {
@@ -55,6 +57,7 @@ impl ConnectionRow {
         ConnectionRow {
             id,
             tenant_id,
+            tenant: tenant.to_owned(),
             shared: false,
             name: c.name.clone(),
             host: c.host.clone(),
@@ -100,7 +103,7 @@ pub enum DeleteConnection {
 }
 
 const COLUMNS: &str =
-    "id, tenant_id, shared, name, host, port, security, username, password_enc, default_from, \
+    "id, tenant_id, (SELECT t.name FROM tenants t WHERE t.id = tenant_id) AS tenant, shared, name, host, port, security, username, password_enc, default_from, \
      max_connections, max_rate_per_second, allow_plaintext_auth, created_at, updated_at";
 
 impl Store {
@@ -138,7 +141,7 @@ impl Store {
             "UPDATE smtp_connections
                 SET host = $2, port = $3, security = $4, username = $5, password_enc = $6,
                     default_from = $7, max_connections = $8, max_rate_per_second = $9,
-                    allow_plaintext_auth = $10, updated_at = clock_timestamp()
+                    allow_plaintext_auth = $10, shared = $11, updated_at = clock_timestamp()
               WHERE name = $1",
         )
         .bind(&c.name)
@@ -151,6 +154,7 @@ impl Store {
         .bind(c.max_connections)
         .bind(c.max_rate_per_second)
         .bind(c.allow_plaintext_auth)
+        .bind(c.shared)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -166,26 +170,37 @@ impl Store {
         .await
     }
 
-    pub async fn list_connections(&self) -> Result<Vec<ConnectionRow>, sqlx::Error> {
+    /// The connections of `tenant`, or every tenant's (`None`, for operators).
+    pub async fn list_connections(
+        &self,
+        tenant: Option<Uuid>,
+    ) -> Result<Vec<ConnectionRow>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM smtp_connections ORDER BY name"
+            "SELECT {COLUMNS} FROM smtp_connections
+              WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY name"
         ))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await
     }
 
-    /// Deletes a connection; refuses while messages wait on it unless `force`.
+    /// Deletes a connection of `tenant` (any tenant's for `None`); refuses while
+    /// messages wait on it unless `force`.
     pub async fn delete_connection(
         &self,
         name: &str,
+        tenant: Option<Uuid>,
         force: bool,
     ) -> Result<DeleteConnection, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let exists: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM smtp_connections WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let exists: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM smtp_connections
+              WHERE name = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE",
+        )
+        .bind(name)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             return Ok(DeleteConnection::NotFound);
         }

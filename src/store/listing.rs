@@ -10,6 +10,8 @@ use crate::domain::Status;
 /// Filters of `GET /v1/messages`.
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter {
+    /// Only this tenant's messages; `None` for every tenant's (operators).
+    pub tenant: Option<Uuid>,
     pub status: Option<Status>,
     pub connection: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -23,6 +25,8 @@ pub struct ListFilter {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageSummary {
     pub id: Uuid,
+    /// The name of the message's tenant.
+    pub tenant: String,
     pub status: Status,
     pub connection: String,
     pub from_addr: String,
@@ -45,7 +49,8 @@ impl Store {
     /// an id, not an offset.
     pub async fn list_messages(&self, f: &ListFilter) -> Result<Vec<MessageSummary>, sqlx::Error> {
         let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT id, status, connection, from_addr, subject, attempts, created_at, updated_at, sent_at
+            "SELECT id, (SELECT name FROM tenants t WHERE t.id = messages.tenant_id) AS tenant,
+                    status, connection, from_addr, subject, attempts, created_at, updated_at, sent_at
                FROM messages WHERE true",
         );
         Self::push_filter(&mut q, f);
@@ -69,6 +74,9 @@ impl Store {
     }
 
     fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &ListFilter) {
+        if let Some(tenant) = f.tenant {
+            q.push(" AND tenant_id = ").push_bind(tenant);
+        }
         if let Some(status) = f.status {
             q.push(" AND status = ").push_bind(status.as_str());
         }

@@ -37,6 +37,8 @@ pub struct NewMessageRow<'a> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MessageRecord {
     pub id: Uuid,
+    /// The name of the tenant whose message it is.
+    pub tenant: String,
     pub status: Status,
     pub connection: String,
     pub from_addr: String,
@@ -76,8 +78,11 @@ pub struct EventRecord {
 /// What became of a cancel request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cancel {
-    /// Cancelled; the message's connection.
-    Cancelled(String),
+    /// Cancelled: the message's tenant and connection.
+    Cancelled {
+        tenant: String,
+        connection: String,
+    },
     NotFound,
     /// Too late: the message is in this state.
     Conflict(Status),
@@ -188,8 +193,10 @@ fn accepted_detail(m: &NewMessageRow<'_>) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// `$tenant` is the tenant whose messages the caller sees, NULL for every tenant's
+/// (an operator): another tenant's message is as absent as one that never existed.
 const MESSAGE_COLUMNS: &str =
-    "id, status, connection, from_addr, recipients, subject, message_id, \
+    "id, (SELECT name FROM tenants t WHERE t.id = messages.tenant_id) AS tenant, status, connection, from_addr, recipients, subject, message_id, \
      size, attempts, next_attempt_at, last_reply, last_error, recipient_results, metadata, \
      send_at, expires_at, created_at, updated_at, sent_at";
 
@@ -251,53 +258,76 @@ impl Store {
         Ok(Accept::Committed)
     }
 
-    /// The status of a message, whatever it is (used to explain a refused cancel).
-    pub async fn status(&self, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
-        sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
+    /// The status of a message the caller sees, whatever it is (used to explain a
+    /// refused cancel).
+    pub async fn status(
+        &self,
+        id: Uuid,
+        tenant: Option<Uuid>,
+    ) -> Result<Option<Status>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT status FROM messages WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Cancels a message that has not been sent and is not being sent.
-    pub async fn cancel(&self, id: Uuid) -> Result<Cancel, sqlx::Error> {
-        let cancelled: Option<String> = sqlx::query_scalar(
+    pub async fn cancel(&self, id: Uuid, tenant: Option<Uuid>) -> Result<Cancel, sqlx::Error> {
+        let cancelled: Option<(String, String)> = sqlx::query_as(
             "WITH upd AS (
                 UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
-                 WHERE id = $1 AND status IN ('queued', 'deferred')
-             RETURNING id, connection),
+                 WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+                   AND status IN ('queued', 'deferred')
+             RETURNING id, connection, tenant_id),
              ev AS (INSERT INTO message_events (message_id, kind) SELECT id, 'cancelled' FROM upd)
-             SELECT connection FROM upd",
+             SELECT t.name, upd.connection FROM upd JOIN tenants t ON t.id = upd.tenant_id",
         )
         .bind(id)
+        .bind(tenant)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(connection) = cancelled {
-            return Ok(Cancel::Cancelled(connection));
+        if let Some((tenant, connection)) = cancelled {
+            return Ok(Cancel::Cancelled { tenant, connection });
         }
-        Ok(match self.status(id).await? {
+        Ok(match self.status(id, tenant).await? {
             None => Cancel::NotFound,
             Some(status) => Cancel::Conflict(status),
         })
     }
 
-    /// One message by id.
-    pub async fn get_message(&self, id: Uuid) -> Result<Option<MessageRecord>, sqlx::Error> {
+    /// One message by id, if the caller sees it.
+    pub async fn get_message(
+        &self,
+        id: Uuid,
+        tenant: Option<Uuid>,
+    ) -> Result<Option<MessageRecord>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"
         ))
         .bind(id)
+        .bind(tenant)
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// A message's history, oldest first; `None` when the message does not exist.
-    pub async fn events(&self, id: Uuid) -> Result<Option<Vec<EventRecord>>, sqlx::Error> {
+    /// A message's history, oldest first; `None` when the caller sees no such message.
+    pub async fn events(
+        &self,
+        id: Uuid,
+        tenant: Option<Uuid>,
+    ) -> Result<Option<Vec<EventRecord>>, sqlx::Error> {
         let events: Vec<EventRecord> = sqlx::query_as(
-            "SELECT kind, at, attempt, reply, detail, recipients
-               FROM message_events WHERE message_id = $1 ORDER BY id",
+            "SELECT e.kind, e.at, e.attempt, e.reply, e.detail, e.recipients
+               FROM message_events e JOIN messages m ON m.id = e.message_id
+              WHERE e.message_id = $1 AND ($2::uuid IS NULL OR m.tenant_id = $2)
+              ORDER BY e.id",
         )
         .bind(id)
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?;
         // Every message has an `accepted` event, so no rows means no message.

@@ -73,6 +73,9 @@ impl Store {
                    AND (next_attempt_at <= now() - make_interval(secs => $1)
                         OR (held AND next_attempt_at <= now()))
                    AND (reconciled_at IS NULL OR reconciled_at < now() - make_interval(secs => $1))
+                   -- a disabled tenant's mail waits until it is enabled again
+                   AND NOT EXISTS (SELECT 1 FROM tenants t
+                                    WHERE t.id = messages.tenant_id AND t.disabled_at IS NOT NULL)
                  ORDER BY next_attempt_at
                  LIMIT $3
                    FOR UPDATE SKIP LOCKED),

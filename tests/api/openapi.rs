@@ -23,6 +23,8 @@ const BODY_OPERATIONS: &[&str] = &[
     "sendBatch",
     "createConnection",
     "updateConnection",
+    "createTenant",
+    "updateTenant",
 ];
 
 /// Operations that accept `Idempotency-Key`.
@@ -43,6 +45,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/connections/{name}"),
     ("DELETE", "/v1/connections/{name}"),
     ("POST", "/v1/connections/{name}/verify"),
+    ("GET", "/v1/tenants"),
+    ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants/{name}"),
+    ("PATCH", "/v1/tenants/{name}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -98,6 +104,8 @@ fn scope_of(method: &str, path: &str) -> Option<&'static str> {
         None
     } else if path.starts_with("/v1/connections") {
         Some("admin")
+    } else if path.starts_with("/v1/tenants") {
+        Some("operator")
     } else if method == "POST" {
         Some("send")
     } else {
@@ -166,20 +174,27 @@ async fn every_listed_route_is_served_and_no_other_method_on_its_path() {
     let documented: BTreeSet<(String, String)> = operations(&document()).into_keys().collect();
     assert_eq!(documented, routes());
     let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+    let every_scope = create_key(
+        &app.db,
+        &[Scope::Send, Scope::Read, Scope::Admin, Scope::Operator],
+        None,
+    )
+    .await;
     for path in paths {
         let url = format!("{}{}", app.address, concrete(path));
         for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
             let listed = ROUTES.contains(&(method, path));
             // A listed route answers a request without a key (401 if it needs one); any
             // other method on the path is 405 even with a key that has every scope.
-            let client = if listed { &app.anonymous } else { &app.client };
-            let status = client
-                .request(Method::from_bytes(method.as_bytes()).unwrap(), &url)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16();
+            let request = app
+                .anonymous
+                .request(Method::from_bytes(method.as_bytes()).unwrap(), &url);
+            let request = if listed {
+                request
+            } else {
+                request.bearer_auth(&every_scope)
+            };
+            let status = request.send().await.unwrap().status().as_u16();
             let expected = match (listed, scope_of(method, path)) {
                 (false, _) => 405,
                 (true, None) => 200,
@@ -195,11 +210,14 @@ async fn each_operation_needs_exactly_the_scope_it_documents() {
     let app = spawn_app().await;
     let doc = document();
     let mut keys = BTreeMap::new();
-    for scope in [Scope::Send, Scope::Read, Scope::Admin] {
+    let every = [Scope::Send, Scope::Read, Scope::Admin, Scope::Operator];
+    for scope in every {
         let only = create_key(&app.db, &[scope], None).await;
-        let others: Vec<Scope> = [Scope::Send, Scope::Read, Scope::Admin]
+        // Every scope that does not cover this one (`operator` covers read and admin).
+        let others: Vec<Scope> = every
             .into_iter()
             .filter(|s| *s != scope)
+            .filter(|s| !(*s == Scope::Operator && matches!(scope, Scope::Read | Scope::Admin)))
             .collect();
         let all_but = create_key(&app.db, &others, None).await;
         keys.insert(scope.as_str(), (only, all_but));
@@ -242,7 +260,7 @@ async fn each_operation_needs_exactly_the_scope_it_documents() {
             .as_u16();
         assert_eq!(
             without_scope, 403,
-            "{method} {path} with every scope but {scope}"
+            "{method} {path} with every scope that does not cover {scope}"
         );
     }
 }

@@ -173,8 +173,8 @@ async fn metrics_are_scraped_without_a_key() {
     assert_eq!(response.status().as_u16(), 200);
     let text = response.text().await.unwrap();
     for needle in [
-        r#"postwire_messages_total{connection="default",outcome="accepted"}"#,
-        r#"postwire_messages_total{connection="default",outcome="sent"}"#,
+        r#"postwire_messages_total{tenant="default",connection="default",outcome="accepted"}"#,
+        r#"postwire_messages_total{tenant="default",connection="default",outcome="sent"}"#,
         r#"postwire_smtp_replies_total{connection="default",class="2xx"}"#,
         "postwire_smtp_attempt_duration_seconds_bucket",
         "postwire_publish_confirm_seconds_bucket",

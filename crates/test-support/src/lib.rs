@@ -491,3 +491,127 @@ pub fn parse_mail(mail: &ReceivedMail) -> mail_parser::Message<'_> {
         .parse(&mail.data)
         .expect("the received message parses as MIME")
 }
+
+/// A producer of its own: a tenant made for the test and an API key of it, and
+/// requests made with that key against a running app.
+pub struct Producer {
+    pub tenant: String,
+    pub tenant_id: Uuid,
+    pub key: String,
+    address: String,
+    client: reqwest::Client,
+}
+
+impl TestApp {
+    /// Creates tenant `name` (as `postwire tenants create` does) with a key of
+    /// `scopes`.
+    pub async fn producer(&self, name: &str, scopes: &[Scope]) -> Producer {
+        let store = postwire::store::Store::from_pool(self.db.clone());
+        let now = chrono::Utc::now();
+        let tenant = postwire::store::TenantRow {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            max_rate_per_second: None,
+            allowed_from_domains: None,
+            disabled_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        assert!(
+            store.insert_tenant(&tenant).await.expect("create a tenant"),
+            "tenant {name} exists"
+        );
+        self.producer_of(name, tenant.id, scopes).await
+    }
+
+    /// Another key of an existing tenant.
+    pub async fn producer_of(&self, name: &str, tenant_id: Uuid, scopes: &[Scope]) -> Producer {
+        let store = postwire::store::Store::from_pool(self.db.clone());
+        let key = postwire::keys::create(&store, tenant_id, &format!("{name}-key"), scopes, None)
+            .await
+            .expect("create an API key")
+            .key;
+        Producer {
+            tenant: name.to_owned(),
+            tenant_id,
+            key,
+            address: self.address.clone(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+}
+
+impl Producer {
+    /// A request with this producer's key.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(&self.key)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PATCH {path}: {e}"))
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+    }
+
+    /// Sends and expects 202; returns the message id.
+    pub async fn send_ok(&self, body: &Value) -> String {
+        let response = self.post("/v1/messages", body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(
+            status, 202,
+            "{}: expected 202, got {status}: {text}",
+            self.tenant
+        );
+        let accepted: Value = serde_json::from_str(&text).expect("202 body is JSON");
+        accepted["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Polls this producer's view of a message until it is terminal.
+    pub async fn wait_until_terminal(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self.get(&format!("/v1/messages/{id}")).await;
+            assert_eq!(response.status().as_u16(), 200, "{}: {id}", self.tenant);
+            let message: Value = response.json().await.expect("message JSON");
+            if ["sent", "failed", "cancelled"].contains(&message["status"].as_str().unwrap_or("")) {
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} is still {}",
+                message["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
