@@ -66,17 +66,24 @@ pub async fn run(
 
 /// Publishes a job for each message found; a failed publish is retried by a later
 /// pass (the message was marked, so after one grace).
-async fn republish(store: &Store, publisher: &Publisher, found: Vec<(Uuid, Overdue)>) {
-    let jobs: Vec<Job> = found.iter().map(|(id, _)| Job::new(*id)).collect();
+async fn republish(store: &Store, publisher: &Publisher, found: Vec<(Uuid, String, Overdue)>) {
+    let jobs: Vec<Job> = found
+        .iter()
+        .map(|(id, tenant, _)| Job::new(*id).of_tenant(tenant))
+        .collect();
     let published = publisher.publish_all(&jobs).await;
-    let reasons: HashMap<Uuid, Overdue> = found.into_iter().collect();
+    let found: HashMap<Uuid, (String, Overdue)> = found
+        .into_iter()
+        .map(|(id, tenant, reason)| (id, (tenant, reason)))
+        .collect();
     for id in &published.ok {
-        let reason = reasons[id].as_str();
-        crate::metrics::reconciled(reason);
-        tracing::info!(message_id = %id, reason, "reconciler: job republished");
+        let (tenant, reason) = &found[id];
+        crate::metrics::reconciled(reason.as_str());
+        tracing::info!(message_id = %id, tenant = %tenant, reason = reason.as_str(), "reconciler: job republished");
     }
     for (id, e) in &published.failed {
-        tracing::warn!(message_id = %id, reason = reasons[id].as_str(), error = format!("{e:#}"), "reconciler: republishing failed; a later pass retries");
+        let (tenant, reason) = &found[id];
+        tracing::warn!(message_id = %id, tenant = %tenant, reason = reason.as_str(), error = format!("{e:#}"), "reconciler: republishing failed; a later pass retries");
     }
     // A message that also waited in the outbox needs no second publish from there.
     if let Err(e) = store.mark_published(&published.ok).await {

@@ -202,6 +202,11 @@ impl Worker {
         };
         let span =
             tracing::info_span!("deliver", message_id = %job.id, tenant = tracing::field::Empty);
+        // From the job until the claim reads it from PostgreSQL (jobs published
+        // before tenants existed carry none).
+        if let Some(tenant) = &job.tenant {
+            span.record("tenant", tenant.as_str());
+        }
         let next = self
             .deliverer
             .process(job, shutdown)

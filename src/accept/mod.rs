@@ -65,6 +65,8 @@ pub struct Idempotency {
 pub struct Prepared {
     id: Uuid,
     tenant_id: Uuid,
+    /// The tenant's name, for the job and the log lines.
+    tenant: String,
     connection: String,
     /// The From header as stored for the status lookup.
     from_addr: String,
@@ -85,7 +87,7 @@ impl Prepared {
     /// send is scheduled within the delay queues' reach.
     fn job(&self) -> Option<Job> {
         (!self.held).then(|| {
-            let job = Job::new(self.id);
+            let job = Job::new(self.id).of_tenant(&self.tenant);
             match self.message.send_at {
                 Some(at) => job.due_at(at),
                 None => job,
@@ -185,6 +187,7 @@ impl Acceptor {
         Ok(Prepared {
             id,
             tenant_id: sender.tenant_id,
+            tenant: sender.tenant.clone(),
             connection: connection.name,
             from_addr,
             message,
@@ -274,19 +277,14 @@ impl Acceptor {
         // An Idempotency-Key belongs to the tenant that used it: another tenant's same
         // key is not a replay (nor a conflict).
         let scope = sender.tenant_id.to_string();
-        let tenant = sender.tenant.clone();
-        tokio::spawn(async move {
-            this.commit_and_publish(scope, tenant, prepared, idempotency)
-                .await
-        })
-        .await
-        .map_err(|e| AcceptError::Internal(e.into()))?
+        tokio::spawn(async move { this.commit_and_publish(scope, prepared, idempotency).await })
+            .await
+            .map_err(|e| AcceptError::Internal(e.into()))?
     }
 
     async fn commit_and_publish(
         self: Arc<Self>,
         scope: String,
-        tenant: String,
         prepared: Vec<Prepared>,
         idempotency: Option<Idempotency>,
     ) -> Result<Accept, AcceptError> {
@@ -317,8 +315,8 @@ impl Acceptor {
         };
         if let Accept::Committed = accepted {
             for p in prepared.iter() {
-                tracing::info!(message_id = %p.id, tenant = %tenant, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
-                crate::metrics::message(&tenant, &p.connection, "accepted");
+                tracing::info!(message_id = %p.id, tenant = %p.tenant, connection = %p.connection, size = p.rendered.raw.len(), "accepted");
+                crate::metrics::message(&p.tenant, &p.connection, "accepted");
             }
             let jobs: Vec<Job> = prepared.iter().filter_map(Prepared::job).collect();
             // The answer waits for the broker at most amqp.publish_timeout; a publish
@@ -341,7 +339,11 @@ impl Acceptor {
     async fn publish(&self, jobs: &[Job]) {
         let published = self.publisher.publish_all(jobs).await;
         for (id, e) in &published.failed {
-            tracing::warn!(message_id = %id, error = format!("{e:#}"), "publish failed; the outbox relay will publish it");
+            let tenant = jobs
+                .iter()
+                .find(|j| j.id == *id)
+                .and_then(|j| j.tenant.as_deref());
+            tracing::warn!(message_id = %id, tenant, error = format!("{e:#}"), "publish failed; the outbox relay will publish it");
         }
         self.published.mark(published.ok).await;
     }

@@ -71,14 +71,17 @@ pub async fn relay_once(
     // Held long enough for the round's publishes, each bounded by amqp.timeout; a
     // relay that dies mid-round lets them go when the lease runs out.
     let lease = publisher.timeout() * 2;
-    let ids = store
+    let leased = store
         .lease_unpublished(settings.grace, lease, settings.batch)
         .await
         .context("finding unpublished messages")?;
-    if ids.is_empty() {
+    if leased.is_empty() {
         return Ok(0);
     }
-    let jobs: Vec<Job> = ids.into_iter().map(Job::new).collect();
+    let jobs: Vec<Job> = leased
+        .iter()
+        .map(|(id, tenant)| Job::new(*id).of_tenant(tenant))
+        .collect();
     let published = publisher.publish_all(&jobs).await;
     if let Some((_, e)) = published.failed.first() {
         tracing::warn!(

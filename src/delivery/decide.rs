@@ -146,7 +146,12 @@ impl RetryPolicy {
                 deferred.next_attempt_at = Some(next_at);
                 (
                     deferred,
-                    Next::Park(Job::new(claimed.id).due_at(next_at), wait),
+                    Next::Park(
+                        Job::new(claimed.id)
+                            .of_tenant(&claimed.tenant)
+                            .due_at(next_at),
+                        wait,
+                    ),
                 )
             }
             Delivery::Paused {
@@ -181,7 +186,12 @@ fn not_attempted(
     };
     (
         deferred,
-        Next::Park(Job::new(claimed.id).due_at(next_at), wait),
+        Next::Park(
+            Job::new(claimed.id)
+                .of_tenant(&claimed.tenant)
+                .due_at(next_at),
+            wait,
+        ),
     )
 }
 

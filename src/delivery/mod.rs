@@ -157,7 +157,7 @@ impl Deliverer {
                 self.settings.presumed_dead_after,
             );
         };
-        match self.attempt(job.id, shutdown).await {
+        match self.attempt(&job, shutdown).await {
             Ok(next) => next,
             Err(Trouble::Unavailable(reason)) => {
                 tracing::warn!(error = %reason, retry_in = ?UNAVAILABLE_WAIT, "PostgreSQL unavailable; the job waits (not counted as a failure)");
@@ -182,7 +182,8 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, id: Uuid, shutdown: &CancellationToken) -> Result<Next, Trouble> {
+    async fn attempt(&self, job: &Job, shutdown: &CancellationToken) -> Result<Next, Trouble> {
+        let id = job.id;
         let ticket = self.liveness.ticket();
         let claim = self
             .claims
@@ -196,14 +197,14 @@ impl Deliverer {
                 // presumed dead: look again later rather than drop the job.
                 let wait = self.settings.presumed_dead_after;
                 tracing::info!(recheck_in = ?wait, "being sent by another worker; will check again");
-                return Ok(Next::Park(Job::new(id).due_in(wait), wait));
+                return Ok(Next::Park(job.renewed().due_in(wait), wait));
             }
             Claim::NotYet(at) => {
                 // Early (a duplicate job, or one republished): never attempted before
                 // its time.
                 let wait = (at - Utc::now()).to_std().unwrap_or_default();
                 tracing::debug!(due = %at, "not due yet; parked");
-                return Ok(Next::Park(Job::new(id).due_at(at), wait));
+                return Ok(Next::Park(job.renewed().due_at(at), wait));
             }
             Claim::Held => {
                 tracing::info!(
@@ -214,7 +215,7 @@ impl Deliverer {
             Claim::Nothing(Some(status)) if !status.is_terminal() => {
                 // Claimable by status but not by content: the stored message is gone.
                 return Ok(Next::Dead(
-                    Job::new(id),
+                    job.renewed(),
                     "the stored message content is missing".to_owned(),
                 ));
             }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 const DUE_HEADER: &str = "x-postwire-due-ms";
 const FAILURES_HEADER: &str = "x-postwire-failures";
 const REASON_HEADER: &str = "x-postwire-dead-reason";
+const TENANT_HEADER: &str = "x-postwire-tenant";
 
 /// A delivery job. The body is the message id in text; the rest rides in headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub struct Job {
     /// Times processing failed for reasons other than SMTP (database errors...), so
     /// that a message that can never be processed ends in the dead-letter queue.
     pub failures: u32,
+    /// The message's tenant, for the worker's log lines before its claim says it. Not
+    /// trusted for anything else: the claim reads the message from PostgreSQL.
+    pub tenant: Option<String>,
 }
 
 impl Job {
@@ -26,6 +30,23 @@ impl Job {
             id,
             due: None,
             failures: 0,
+            tenant: None,
+        }
+    }
+
+    /// A fresh job for the same message (not due later, no failures counted).
+    pub fn renewed(&self) -> Job {
+        Job {
+            tenant: self.tenant.clone(),
+            ..Job::new(self.id)
+        }
+    }
+
+    /// The same job, saying whose message it is.
+    pub fn of_tenant(self, tenant: &str) -> Job {
+        Job {
+            tenant: Some(tenant.to_owned()),
+            ..self
         }
     }
 
@@ -63,7 +84,18 @@ impl Job {
             Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
             _ => 0,
         };
-        Ok(Job { id, due, failures })
+        let tenant = match header(TENANT_HEADER) {
+            Some(AMQPValue::LongString(s)) => {
+                Some(truncate(&String::from_utf8_lossy(s.as_bytes()), 64).to_owned())
+            }
+            _ => None,
+        };
+        Ok(Job {
+            id,
+            due,
+            failures,
+            tenant,
+        })
     }
 
     pub fn body(&self) -> Vec<u8> {
@@ -81,6 +113,12 @@ impl Job {
         }
         if self.failures > 0 {
             headers.insert(FAILURES_HEADER.into(), AMQPValue::LongUInt(self.failures));
+        }
+        if let Some(tenant) = &self.tenant {
+            headers.insert(
+                TENANT_HEADER.into(),
+                AMQPValue::LongString(tenant.as_str().into()),
+            );
         }
         if let Some(reason) = dead_reason {
             headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
@@ -110,6 +148,7 @@ mod tests {
             id: Uuid::now_v7(),
             due: Utc.timestamp_millis_opt(1_700_000_000_123).single(),
             failures: 2,
+            tenant: Some("acme".to_owned()),
         };
         let decoded = Job::decode(&job.body(), &job.properties(None)).unwrap();
         assert_eq!(decoded, job);

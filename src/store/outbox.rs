@@ -29,14 +29,15 @@ impl Store {
     /// Leases up to `limit` messages committed more than `grace` ago whose publish
     /// RabbitMQ never confirmed, oldest first, for `lease`: two relays never take the
     /// same ones, and the relay publishes outside any transaction. A message whose
-    /// publish fails again is taken again when its lease runs out.
+    /// publish fails again is taken again when its lease runs out. Each comes with its
+    /// tenant's name.
     pub async fn lease_unpublished(
         &self,
         grace: Duration,
         lease: Duration,
         limit: u32,
-    ) -> Result<Vec<Uuid>, sqlx::Error> {
-        sqlx::query_scalar(
+    ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+        sqlx::query_as(
             "UPDATE outbox o SET leased_until = now() + make_interval(secs => $2)
                FROM (SELECT message_id FROM outbox
                       WHERE created_at < now() - make_interval(secs => $1)
@@ -45,7 +46,9 @@ impl Store {
                       LIMIT $3
                         FOR UPDATE SKIP LOCKED) due
               WHERE o.message_id = due.message_id
-             RETURNING o.message_id",
+             RETURNING o.message_id,
+                       (SELECT t.name FROM messages m JOIN tenants t ON t.id = m.tenant_id
+                         WHERE m.id = o.message_id)",
         )
         .bind(grace.as_secs_f64())
         .bind(lease.as_secs_f64())

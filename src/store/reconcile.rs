@@ -56,7 +56,7 @@ impl Store {
     pub async fn reconcile(
         &self,
         q: &ReconcileQuery,
-    ) -> Result<Option<Vec<(Uuid, Overdue)>>, sqlx::Error> {
+    ) -> Result<Option<Vec<(Uuid, String, Overdue)>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(RECONCILER_LOCK)
@@ -95,7 +95,8 @@ impl Store {
              found AS (SELECT * FROM waiting UNION ALL SELECT * FROM orphaned)
              UPDATE messages m SET reconciled_at = now(), held = false
                FROM found WHERE m.id = found.id
-             RETURNING m.id, found.reason",
+             RETURNING m.id, found.reason,
+                       (SELECT t.name FROM tenants t WHERE t.id = m.tenant_id) AS tenant",
         )
         .bind(q.grace.as_secs_f64())
         .bind(q.presumed_dead_after.as_secs_f64())
@@ -111,7 +112,7 @@ impl Store {
                     "orphaned" => Overdue::Orphaned,
                     _ => Overdue::Waiting,
                 };
-                Ok((r.try_get("id")?, reason))
+                Ok((r.try_get("id")?, r.try_get("tenant")?, reason))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map(Some)

@@ -861,3 +861,111 @@ async fn a_from_or_reply_to_outside_the_tenants_domains_is_refused_naming_the_fi
     app.send_ok(&helpers::message_with(json!({"From": "x@evil.example"})))
         .await;
 }
+
+#[tokio::test]
+async fn every_log_line_about_a_tenants_message_names_the_tenant() {
+    let app = spawn_app().await;
+    let acme = app.producer("acme", EVERY_PRODUCER_SCOPE).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The real binary, API and worker in one process, on queues of its own (the
+    // in-process app's worker must not take its jobs), logging JSON as in production.
+    let child = app
+        .cli(&["serve", "--role", "all"])
+        .env(
+            "POSTWIRE__AMQP__QUEUE_PREFIX",
+            format!("{}-logs", app.settings.amqp.queue_prefix),
+        )
+        .env("POSTWIRE__SERVER__PORT", port.to_string())
+        .env("POSTWIRE__LOG__FORMAT", "json")
+        .env("POSTWIRE__LOG__LEVEL", "info,postwire=debug")
+        .env("POSTWIRE__WORKER__SHUTDOWN_TIMEOUT", "2s")
+        .env("POSTWIRE__SERVER__SHUTDOWN_TIMEOUT", "2s")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start postwire");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(reqwest::get(format!("{base}/readyz")).await, Ok(r) if r.status() == 200) {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = reqwest::Client::new();
+    let send = |body: serde_json::Value| {
+        client
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(&acme.key)
+            .json(&body)
+            .send()
+    };
+    let id_of = |v: serde_json::Value| v["id"].as_str().unwrap().to_owned();
+    let now = send(simple_message()).await.unwrap().json().await.unwrap();
+    let mut later = simple_message();
+    // Through a delay queue first.
+    later["SendAt"] = json!((chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339());
+    let later = send(later).await.unwrap().json().await.unwrap();
+    let cancelled = id_of(
+        send(scheduled(&acme, 1))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    let response = client
+        .post(format!("{base}/v1/messages/{cancelled}/cancel"))
+        .bearer_auth(&acme.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let ids = [id_of(now), id_of(later), cancelled];
+    for id in &ids[..2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m: serde_json::Value = client
+                .get(format!("{base}/v1/messages/{id}"))
+                .bearer_auth(&acme.key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if m["status"] == "sent" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    // Waited for off the runtime: the test's SMTP server (on this runtime) must
+    // answer the worker's QUIT while it stops.
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logged = String::from_utf8_lossy(&output.stderr);
+    let about: Vec<&str> = logged
+        .lines()
+        .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+        .collect();
+    for line in &about {
+        assert!(line.contains(r#""tenant":"acme""#), "no tenant: {line}");
+    }
+    for what in ["accepted", "sending", "sent", "cancelled"] {
+        assert!(
+            about
+                .iter()
+                .any(|l| l.contains(&format!(r#""message":"{what}""#))),
+            "no {what:?} line about the messages in:\n{}",
+            about.join("\n")
+        );
+    }
+}
