@@ -88,17 +88,30 @@ async fn the_listing_filters_by_status_connection_and_time() {
 #[tokio::test]
 async fn the_listing_uses_an_index_on_a_large_table() {
     let app = spawn_app().await;
+    // Five tenants (`default` and four more), 10,000 messages each.
+    let mut tenants = vec![postwire::domain::DEFAULT_TENANT_ID];
+    for n in 1..5 {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
+            .bind(id)
+            .bind(format!("tenant-{n}"))
+            .execute(&app.db)
+            .await
+            .unwrap();
+        tenants.push(id);
+    }
     // 50,000 synthetic rows, mostly sent: a listing must not scan them.
     sqlx::query(
         "INSERT INTO messages (id, tenant_id, status, connection, from_addr, recipients,
              envelope_from, envelope_to, subject, message_id, size, created_at)
-         SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001',
+         SELECT gen_random_uuid(), ($1::uuid[])[1 + g % 5],
                 CASE WHEN g % 100 = 0 THEN 'failed' ELSE 'sent' END,
                 CASE WHEN g % 10 = 0 THEN 'bulk' ELSE 'default' END, 'a@example.com',
                 '{\"to\":[],\"cc\":[],\"bcc\":[]}', 'a@example.com', ARRAY['b@example.com'],
                 's', '<x@y>', 1, now()
            FROM generate_series(1, 50000) g",
     )
+    .bind(&tenants)
     .execute(&app.db)
     .await
     .unwrap();
@@ -107,25 +120,39 @@ async fn the_listing_uses_an_index_on_a_large_table() {
         .await
         .unwrap();
     let store = postwire::store::Store::from_pool(app.db.clone());
-    for filter in [
-        postwire::store::ListFilter {
-            status: Some(postwire::domain::Status::Failed),
-            limit: 50,
-            ..Default::default()
-        },
-        postwire::store::ListFilter {
-            connection: Some("bulk".into()),
-            limit: 50,
-            ..Default::default()
-        },
-        postwire::store::ListFilter {
-            limit: 50,
-            ..Default::default()
-        },
-    ] {
-        let plan = store.explain_list(&filter).await.unwrap();
-        assert!(plan.contains("Index"), "{filter:?}:\n{plan}");
-        assert!(!plan.contains("Seq Scan"), "{filter:?}:\n{plan}");
+    for tenant in [None, Some(tenants[2])] {
+        for filter in [
+            postwire::store::ListFilter {
+                status: Some(postwire::domain::Status::Failed),
+                ..Default::default()
+            },
+            postwire::store::ListFilter {
+                connection: Some("bulk".into()),
+                ..Default::default()
+            },
+            postwire::store::ListFilter {
+                since: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+                ..Default::default()
+            },
+            postwire::store::ListFilter::default(),
+        ] {
+            let filter = postwire::store::ListFilter {
+                tenant,
+                limit: 50,
+                ..filter
+            };
+            let plan = store.explain_list(&filter).await.unwrap();
+            println!("{filter:?}:\n{plan}\n");
+            assert!(plan.contains("Index"), "{filter:?}:\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{filter:?}:\n{plan}");
+            if tenant.is_some() {
+                // The tenant is a condition of the index, not a filter over its rows.
+                assert!(
+                    plan.lines().any(|l| l.contains("Index Cond") && l.contains("tenant_id")),
+                    "{filter:?}:\n{plan}"
+                );
+            }
+        }
     }
 }
 
