@@ -51,7 +51,7 @@ pub enum KeysCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
-        /// Comma-separated: send, read, admin.
+        /// Comma-separated: send, read, admin, operator.
         #[arg(long, value_delimiter = ',', default_value = "send,read")]
         scopes: Vec<String>,
         /// Connection used by this key's sends that name none.

@@ -148,7 +148,8 @@ async fn the_listing_uses_an_index_on_a_large_table() {
             if tenant.is_some() {
                 // The tenant is a condition of the index, not a filter over its rows.
                 assert!(
-                    plan.lines().any(|l| l.contains("Index Cond") && l.contains("tenant_id")),
+                    plan.lines()
+                        .any(|l| l.contains("Index Cond") && l.contains("tenant_id")),
                     "{filter:?}:\n{plan}"
                 );
             }
