@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
@@ -27,24 +27,24 @@ pub struct ConnectionPatch {
     pub port: Option<u16>,
     pub security: Option<Security>,
     /// `null` or `""` removes it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<String>, pattern = "^[^\\x00-\\x08\\x0A-\\x1F\\x7F-\\x9F\\u00AD\\u180E\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]*$")]
     pub username: Option<Option<String>>,
     /// Write-only; `null` or `""` removes it. A PATCH that changes `host`, `port` or
     /// `security` without a new password clears the stored one (the answer says
     /// `password_cleared`): stored credentials only ever go where they were stored for.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<String>, write_only)]
     pub password: Option<Option<SecretString>>,
     /// `null` removes it.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<String>)]
     pub default_from: Option<Option<String>>,
     /// 1 to 1000.
     #[schema(minimum = 1, maximum = 1000)]
     pub max_connections: Option<u16>,
     /// At least 1; `null` for no limit.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<u32>, minimum = 1)]
     pub max_rate_per_second: Option<Option<u32>>,
     /// See [`ConnectionFields::allow_plaintext_auth`].
@@ -59,15 +59,6 @@ impl super::RequestBody for ConnectionFields {
 
 impl super::RequestBody for ConnectionPatch {
     type Xml = ConnectionPatch;
-}
-
-/// Distinguishes a field sent as `null` (`Some(None)`) from an absent one (`None`).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A connection as the API shows it: everything but the password.

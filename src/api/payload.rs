@@ -137,3 +137,13 @@ where
             })
     }
 }
+
+/// For `PATCH` bodies: distinguishes a field sent as `null` (`Some(None)`) from an
+/// absent one (`None`, with `#[serde(default)]`).
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}

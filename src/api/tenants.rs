@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
@@ -69,11 +69,11 @@ pub struct NewTenant {
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     /// At least 1; `null` for no limit.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<u32>, minimum = 1)]
     pub max_rate_per_second: Option<Option<u32>>,
     /// `null` for any sender domain.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::payload::present")]
     #[schema(value_type = Option<Vec<String>>)]
     pub allowed_from_domains: Option<Option<Vec<String>>>,
     /// `true` disables the tenant (its keys get 403, its mail waits); `false`
@@ -87,15 +87,6 @@ impl super::RequestBody for NewTenant {
 
 impl super::RequestBody for TenantPatch {
     type Xml = TenantPatch;
-}
-
-/// Distinguishes a field sent as `null` (`Some(None)`) from an absent one (`None`).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 fn rate(rate: Option<u32>) -> Result<Option<i32>, ApiError> {

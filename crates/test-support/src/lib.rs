@@ -310,13 +310,7 @@ impl TestApp {
 
     /// Sends and expects 202; returns the message id.
     pub async fn send_ok(&self, body: &Value) -> String {
-        let response = self.send(body).await;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(status, 202, "expected 202, got {status}: {text}");
-        let accepted: Value = serde_json::from_str(&text).expect("202 body is JSON");
-        assert_eq!(accepted["status"], "queued");
-        accepted["id"].as_str().expect("id").to_owned()
+        accepted_id(self.send(body).await).await
     }
 
     /// `GET /v1/messages/{id}` as JSON.
@@ -335,21 +329,7 @@ impl TestApp {
 
     /// Polls the status lookup until the message is terminal (sent, failed, cancelled).
     pub async fn wait_until_terminal(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let message = self.message(id).await;
-            if matches!(
-                message["status"].as_str(),
-                Some("sent" | "failed" | "cancelled")
-            ) {
-                return message;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "message {id} not terminal after 20s: {message}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_terminal(id, || self.message(id)).await
     }
 
     /// Polls until `check` holds for the message's status JSON.
@@ -584,34 +564,49 @@ impl Producer {
 
     /// Sends and expects 202; returns the message id.
     pub async fn send_ok(&self, body: &Value) -> String {
-        let response = self.post("/v1/messages", body).await;
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        assert_eq!(
-            status, 202,
-            "{}: expected 202, got {status}: {text}",
-            self.tenant
-        );
-        let accepted: Value = serde_json::from_str(&text).expect("202 body is JSON");
-        accepted["id"].as_str().expect("id").to_owned()
+        accepted_id(self.post("/v1/messages", body).await).await
     }
 
     /// Polls this producer's view of a message until it is terminal.
     pub async fn wait_until_terminal(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        until_terminal(id, || async {
             let response = self.get(&format!("/v1/messages/{id}")).await;
             assert_eq!(response.status().as_u16(), 200, "{}: {id}", self.tenant);
-            let message: Value = response.json().await.expect("message JSON");
-            if ["sent", "failed", "cancelled"].contains(&message["status"].as_str().unwrap_or("")) {
-                return message;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "message {id} is still {}",
-                message["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            response.json().await.expect("message JSON")
+        })
+        .await
+    }
+}
+
+/// The id of a 202 answer to a send; fails the test on anything else.
+async fn accepted_id(response: reqwest::Response) -> String {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(status, 202, "expected 202, got {status}: {text}");
+    let accepted: Value = serde_json::from_str(&text).expect("202 body is JSON");
+    assert_eq!(accepted["status"], "queued");
+    accepted["id"].as_str().expect("id").to_owned()
+}
+
+/// Polls `look` (a status lookup of message `id`) until the message is terminal.
+async fn until_terminal<F, Fut>(id: &str, look: F) -> Value
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let message = look().await;
+        if matches!(
+            message["status"].as_str(),
+            Some("sent" | "failed" | "cancelled")
+        ) {
+            return message;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message {id} not terminal after 20s: {message}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
