@@ -460,8 +460,8 @@ pub async fn delete(
     description = "Requires an API key with the **admin** scope.\n\n\
         Connects, says EHLO, upgrades with STARTTLS or TLS, authenticates, then QUIT; \
         reports what the server said at each step, or the step that failed. A failed \
-        step is still a 200 with `ok: false`. The key's tenant's connections and shared \
-        ones (an `operator` key: any); another tenant's is 404.",
+        step is still a 200 with `ok: false`. The key's tenant's own connections (an \
+        `operator` key: any, the configured one too); another tenant's is 404.",
     params((
         "name" = String,
         Path,
@@ -483,11 +483,16 @@ pub async fn verify(
     Path(name): Path<String>,
 ) -> Result<Json<crate::smtp::VerifyReport>, ApiError> {
     parse_connection_name(&name).map_err(|_| ApiError::no_connection(&name, None))?;
-    let connection = match caller.sees() {
-        None => state.connections.get(&name).await?,
-        Some(tenant) => state.connections.usable_by(&name, tenant).await?,
+    if !caller.is_operator() {
+        // The tenant's own stored connections only: a shared one is usable, not the
+        // tenant's to probe (nor is the configured one).
+        load(&state, &caller, &name).await?;
     }
-    .ok_or_else(|| ApiError::no_connection(&name, None))?;
+    let connection = state
+        .connections
+        .get(&name)
+        .await?
+        .ok_or_else(|| ApiError::no_connection(&name, None))?;
     Ok(Json(
         crate::smtp::verify(&connection, &state.settings.smtp).await,
     ))

@@ -538,11 +538,19 @@ async fn a_send_through_another_tenants_connection_is_404_until_an_operator_shar
         let message = globex.wait_until_terminal(&id).await;
         assert_eq!(message["status"], "sent", "{message}");
     }
-    // Shared to send through, still not the other tenant's to change.
+    // Shared to send through, still not the other tenant's to change or probe.
     let response = globex
         .patch("/v1/connections/acme-relay", &json!({"max_connections": 1}))
         .await;
     assert_eq!(response.status(), 404);
+    let response = globex
+        .post("/v1/connections/acme-relay/verify", &json!({}))
+        .await;
+    assert_eq!(response.status(), 404);
+    let response = acme
+        .post("/v1/connections/acme-relay/verify", &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
