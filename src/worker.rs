@@ -20,7 +20,7 @@ use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::delivery::{Deliverer, Next};
 use crate::queue::{Job, Publisher, Topology};
-use crate::smtp::Mailer;
+use crate::smtp::{Mailer, SessionLeases};
 use crate::store::Store;
 
 /// One worker process's consumer; shared by its delivery tasks.
@@ -53,7 +53,12 @@ impl Worker {
                 id,
                 store.clone(),
                 connections,
-                mailer,
+                // Sessions count against each connection's cap across all workers.
+                mailer.with_session_leases(SessionLeases::new(
+                    store.clone(),
+                    id,
+                    settings.presumed_dead_after,
+                )),
                 settings.clone(),
                 retry,
             ),
@@ -108,8 +113,14 @@ impl Worker {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.store.heartbeat(self.id, &self.host).await {
-                Ok(()) => self.deliverer.heartbeat_recorded(),
+            match self
+                .store
+                .heartbeat(self.id, &self.host, self.settings.presumed_dead_after)
+                .await
+            {
+                Ok(alive) => self
+                    .deliverer
+                    .heartbeat_recorded(usize::try_from(alive).unwrap_or(1)),
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }

@@ -126,9 +126,11 @@ impl Deliverer {
         }
     }
 
-    /// This worker's heartbeat was recorded.
-    pub(crate) fn heartbeat_recorded(&self) {
+    /// This worker's heartbeat was recorded, and `alive` workers share the
+    /// connections' session slots.
+    pub(crate) fn heartbeat_recorded(&self, alive: usize) {
         self.liveness.beat();
+        self.mailer.set_alive_workers(alive);
     }
 
     /// Marks a message that cannot be processed at all (poison) as failed; its job may

@@ -2,6 +2,7 @@
 //! classification of what the server answered.
 
 mod connect;
+mod leases;
 mod pool;
 mod reply;
 mod session;
@@ -9,6 +10,7 @@ pub mod tls;
 mod verify;
 
 pub use connect::VerifyStep;
+pub use leases::SessionLeases;
 
 use connect::{Target, Timeouts};
 use pool::Pool;
@@ -73,6 +75,8 @@ pub struct Mailer {
     extra_roots: Arc<[String]>,
     auth_pause: Duration,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
+    /// A worker's: sessions count against each connection's cap across workers.
+    leases: Option<Arc<SessionLeases>>,
     /// Connections whose credentials were refused: until when, why, and at which
     /// revision (an update of the connection lifts the pause).
     paused: Mutex<HashMap<String, (Instant, String, i64)>>,
@@ -91,7 +95,23 @@ impl Mailer {
             auth_pause,
             pools: RwLock::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
+            leases: None,
         })
+    }
+
+    /// The same mailer, opening sessions only under leases (a worker's mailer).
+    pub fn with_session_leases(self, leases: SessionLeases) -> Mailer {
+        Mailer {
+            leases: Some(Arc::new(leases)),
+            ..self
+        }
+    }
+
+    /// Records how many workers share each connection's session slots.
+    pub fn set_alive_workers(&self, workers: usize) {
+        if let Some(leases) = &self.leases {
+            leases.set_alive(workers);
+        }
     }
 
     /// Sends a message through `connection`.
@@ -172,6 +192,7 @@ impl Mailer {
                 ),
                 Timeouts::from_settings(&self.settings),
                 connection,
+                self.leases.clone(),
             ))
         };
         let Ok(mut pools) = self.pools.write() else {

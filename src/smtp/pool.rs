@@ -4,13 +4,15 @@
 //! at the first refused recipient; this pool caps concurrent sessions with a semaphore
 //! and runs the transaction itself (see `session`) on lettre's `AsyncSmtpConnection`.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::connect::{self, Target, Timeouts};
+use super::leases::{Lease, SessionLeases};
 use super::session::{self, Attempt};
 use super::{Delivery, Outgoing};
 use crate::domain::SmtpConnection;
@@ -18,6 +20,8 @@ use crate::domain::SmtpConnection;
 struct Idle {
     conn: AsyncSmtpConnection,
     since: Instant,
+    /// The session's slot of the connection's cap across workers, held while idle.
+    lease: Option<Lease>,
 }
 
 /// Sessions to one SMTP server, at most `max_connections` at once, at most
@@ -31,9 +35,16 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     slots: Semaphore,
     pace: Option<Pace>,
+    /// With leases, a session opens only on a slot free across all workers.
+    leases: Option<Arc<SessionLeases>>,
+    /// Slots this pool holds leases on.
+    held: Arc<AtomicUsize>,
+    /// Signalled when a session of this pool is done with.
+    returned: Notify,
 }
 
-/// Spaces messages evenly: each takes the next free slot of 1/rate seconds.
+/// Spaces messages evenly: each takes the next free slot of 1/rate seconds, stretched
+/// by `cap / held` when this worker holds `held` of the connection's `cap` slots.
 ///
 /// tokio's clock, not std's, so that tests can run the schedule in paused time.
 struct Pace {
@@ -49,13 +60,14 @@ impl Pace {
         }
     }
 
-    async fn wait(&self) {
+    async fn wait(&self, held: usize, cap: usize) {
+        let share = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
         let slot = {
             let Ok(mut next) = self.next.lock() else {
                 return;
             };
             let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + self.interval;
+            *next = slot + self.interval * share(cap) / share(held);
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -63,8 +75,16 @@ impl Pace {
 }
 
 impl Pool {
-    pub fn new(target: Target, timeouts: Timeouts, connection: &SmtpConnection) -> Pool {
+    pub fn new(
+        target: Target,
+        timeouts: Timeouts,
+        connection: &SmtpConnection,
+        leases: Option<Arc<SessionLeases>>,
+    ) -> Pool {
         Pool {
+            leases,
+            held: Arc::default(),
+            returned: Notify::new(),
             target,
             timeouts,
             revision: connection.revision,
@@ -84,12 +104,9 @@ impl Pool {
         self.revision
     }
 
-    /// Runs one SMTP transaction, waiting for a free session slot (and, with a rate
-    /// limit, for the message's turn) first.
+    /// Runs one SMTP transaction, waiting for a free session slot, then a session,
+    /// then (with a rate limit) the message's turn.
     pub async fn send(&self, message: &Outgoing<'_>) -> Delivery {
-        if let Some(pace) = &self.pace {
-            pace.wait().await;
-        }
         let Ok(_slot) = self.slots.acquire().await else {
             return Delivery::Deferred {
                 reply: None,
@@ -99,31 +116,101 @@ impl Pool {
         };
         // A pooled session may have been closed by the server while idle; that shows
         // as a network error on the first command, and then a fresh session is tried
-        // once before the message is deferred.
-        if let Some(conn) = self.take_idle() {
-            match session::transact(conn, &self.timeouts, message).await {
-                Attempt::StaleSession => {}
-                attempt => return self.finish(attempt).await,
+        // once (on the same slot) before the message is deferred.
+        let mut slot = None;
+        let mut paced = false;
+        let give_up_at = tokio::time::Instant::now() + self.timeouts.command;
+        loop {
+            if let Some((conn, lease)) = self.take_idle() {
+                if !paced {
+                    self.take_turn().await;
+                    paced = true;
+                }
+                match session::transact(conn, &self.timeouts, message).await {
+                    Attempt::StaleSession => {
+                        slot = lease;
+                        break;
+                    }
+                    attempt => return self.finish(attempt, lease).await,
+                }
+            }
+            let Some(leases) = &self.leases else {
+                break;
+            };
+            let held = self.held.load(Ordering::SeqCst);
+            let acquired = if held >= leases.fair_share(self.max) {
+                // This worker has its share: it waits for one of its own sessions.
+                Ok(None)
+            } else {
+                leases.acquire(&self.name, self.cap(), &self.held).await
+            };
+            match acquired {
+                Ok(Some(lease)) => {
+                    slot = Some(lease);
+                    break;
+                }
+                // Every other slot is taken, but this worker has sessions: wait for
+                // one of them rather than hand the message back.
+                Ok(None)
+                    if self.held.load(Ordering::SeqCst) > 0
+                        && tokio::time::Instant::now() < give_up_at =>
+                {
+                    let _ = tokio::time::timeout_at(give_up_at, self.returned.notified()).await;
+                }
+                Ok(None) => {
+                    return Delivery::Withheld {
+                        error: format!(
+                            "all {} sessions of connection {:?} are open in other workers",
+                            self.max, self.name
+                        ),
+                    }
+                }
+                Err(e) => {
+                    return Delivery::Withheld {
+                        error: format!("could not lease a session slot: {e}"),
+                    }
+                }
             }
         }
-        match self.connect().await {
+        match connect::open(&self.target, &self.timeouts, &mut Vec::new()).await {
             Ok(conn) => {
+                if !paced {
+                    self.take_turn().await;
+                }
                 let attempt = session::transact(conn, &self.timeouts, message).await;
-                self.finish(attempt).await
+                self.finish(attempt, slot).await
             }
+            // Dropping the lease gives the slot back.
             Err(delivery) => delivery,
         }
     }
 
-    async fn finish(&self, attempt: Attempt) -> Delivery {
-        let delivery = self.settle(attempt);
+    /// Waits for the message's turn under the rate limit. With leases this worker's
+    /// share is the rate times the share of the connection's slots it holds (it holds
+    /// at least the one it is about to use).
+    async fn take_turn(&self) {
+        if let Some(pace) = &self.pace {
+            let held = match self.leases {
+                Some(_) => self.held.load(Ordering::SeqCst),
+                None => self.max,
+            };
+            pace.wait(held.max(1), self.max).await;
+        }
+    }
+
+    async fn finish(&self, attempt: Attempt, lease: Option<Lease>) -> Delivery {
+        let delivery = self.settle(attempt, lease);
+        // A session is idle again, or its slot was given back: a delivery waiting for
+        // one may go on.
+        self.returned.notify_one();
         let idle = self.idle.lock().map(|i| i.len()).unwrap_or(0);
         let busy = self.max.saturating_sub(self.slots.available_permits() + 1);
         crate::metrics::pool_sessions(&self.name, busy, idle);
         delivery
     }
 
-    fn settle(&self, attempt: Attempt) -> Delivery {
+    /// Pools the session if it is still usable; otherwise it and its lease go.
+    fn settle(&self, attempt: Attempt, lease: Option<Lease>) -> Delivery {
         match attempt {
             Attempt::Done {
                 delivery,
@@ -133,6 +220,7 @@ impl Pool {
                     idle.push(Idle {
                         conn,
                         since: Instant::now(),
+                        lease,
                     });
                 }
                 delivery
@@ -149,21 +237,28 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<(AsyncSmtpConnection, Option<Lease>)> {
         let mut idle = self.idle.lock().ok()?;
+        // More slots than this worker's share (workers joined since): idle sessions
+        // beyond it close, giving their slots back.
+        if let Some(leases) = &self.leases {
+            let share = leases.fair_share(self.max);
+            while self.held.load(Ordering::SeqCst) > share && !idle.is_empty() {
+                idle.remove(0);
+            }
+        }
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < self.timeouts.idle && !entry.conn.has_broken() {
-                return Some(entry.conn);
+                return Some((entry.conn, entry.lease));
             }
-            // Too old: the server has probably given up on it; drop closes the socket.
+            // Too old: the server has probably given up on it; drop closes the socket
+            // and gives its slot back.
         }
         None
     }
 
-    /// Opens a session: TCP (or implicit TLS), EHLO, STARTTLS when asked for (never
-    /// continuing in plain text without it), then AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Delivery> {
-        connect::open(&self.target, &self.timeouts, &mut Vec::new()).await
+    fn cap(&self) -> u16 {
+        u16::try_from(self.max).unwrap_or(u16::MAX)
     }
 
     /// Says QUIT to every idle session.
@@ -193,7 +288,7 @@ mod tests {
             .map(|_| {
                 let pace = Arc::clone(&pace);
                 tokio::spawn(async move {
-                    pace.wait().await;
+                    pace.wait(1, 1).await;
                     tokio::time::Instant::now() - start
                 })
             })
@@ -210,17 +305,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pace_does_not_bank_idle_time_into_a_burst() {
         let pace = Pace::new(5);
-        pace.wait().await;
+        pace.wait(1, 1).await;
         // Idle for a long time: the next caller goes at once, but the one after
         // still waits a full interval rather than spending the idle seconds.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let resumed = tokio::time::Instant::now();
-        pace.wait().await;
+        pace.wait(1, 1).await;
         assert_eq!(tokio::time::Instant::now() - resumed, Duration::ZERO);
-        pace.wait().await;
+        pace.wait(1, 1).await;
         assert_eq!(
             tokio::time::Instant::now() - resumed,
             Duration::from_millis(200)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_gives_a_worker_its_share_of_the_slots_it_holds() {
+        // 10 per second over 4 slots: holding one slot, this worker's share is 2.5/s.
+        let pace = Pace::new(10);
+        let start = tokio::time::Instant::now();
+        pace.wait(1, 4).await;
+        pace.wait(1, 4).await;
+        assert_eq!(
+            tokio::time::Instant::now() - start,
+            Duration::from_millis(400)
+        );
+        // Holding all four, the full rate.
+        pace.wait(4, 4).await;
+        pace.wait(4, 4).await;
+        assert_eq!(
+            tokio::time::Instant::now() - start,
+            Duration::from_millis(900)
         );
     }
 }

@@ -3,6 +3,7 @@
 mod api_keys;
 mod claims;
 mod connections;
+mod leases;
 mod listing;
 mod messages;
 mod outbox;

@@ -12,6 +12,7 @@ mod openapi;
 mod operations;
 mod outages;
 mod reliability;
+mod scale;
 mod security;
 mod tenants;
 mod validation;

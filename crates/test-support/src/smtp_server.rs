@@ -152,6 +152,9 @@ pub struct Counters {
     pub data_attempt: usize,
     /// Whether this session has successfully authenticated.
     pub authenticated: bool,
+    /// Sessions open right now, this one included: a relay that refuses one
+    /// session too many answers the greeting by it.
+    pub open: usize,
 }
 
 /// The server's behaviour: a function from each protocol step to an
@@ -320,6 +323,7 @@ impl TestSmtpServer {
             data_attempts: AtomicUsize::new(0),
             sessions_opened: AtomicUsize::new(0),
             sessions_open: AtomicUsize::new(0),
+            peak_open: AtomicUsize::new(0),
             lenient: AtomicBool::new(false),
             bare_line_ends: AtomicUsize::new(0),
             longest_line: AtomicUsize::new(0),
@@ -432,6 +436,11 @@ impl TestSmtpServer {
     /// connections.
     pub fn sessions_open(&self) -> usize {
         self.shared().sessions_open.load(Ordering::SeqCst)
+    }
+
+    /// The most sessions that were open at the same time.
+    pub fn peak_sessions_open(&self) -> usize {
+        self.shared().peak_open.load(Ordering::SeqCst)
     }
 
     /// Every command line received over all sessions, in arrival order,
@@ -553,6 +562,8 @@ struct Shared {
     data_attempts: AtomicUsize,
     sessions_opened: AtomicUsize,
     sessions_open: AtomicUsize,
+    /// The most sessions that were open at once.
+    peak_open: AtomicUsize,
     /// Reads lines the way a lenient relay does (see [`TestSmtpServer::set_lenient`]).
     lenient: AtomicBool,
     /// Line ends in message contents that were a bare CR or a bare LF.
@@ -590,7 +601,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let index = shared.sessions_opened.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.sessions_open.fetch_add(1, Ordering::SeqCst);
+        let open = shared.sessions_open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_open.fetch_max(open, Ordering::SeqCst);
         let guard = OpenGuard(Arc::clone(&shared));
         shared.changed.notify_waiters();
         let task = tokio::spawn(run_session(stream, index, guard));
@@ -781,6 +793,7 @@ impl Session {
             session: self.index,
             data_attempt: self.shared.data_attempts.load(Ordering::SeqCst),
             authenticated: self.auth_user.is_some(),
+            open: self.shared.sessions_open.load(Ordering::SeqCst),
         }
     }
 

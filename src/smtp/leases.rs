@@ -1,0 +1,115 @@
+//! A connection's caps across every worker process.
+//!
+//! - `max_connections`: a session is opened only under a lease on one of the
+//!   connection's slots, held in PostgreSQL. Leases are taken when a session opens and
+//!   given back when it closes (a pooled session keeps its lease while idle), so
+//!   PostgreSQL is asked per session, not per message; the worker's heartbeat renews
+//!   them, and a dead worker's lapse after `worker.presumed_dead_after`.
+//! - Each worker holds at most an even share of a connection's slots (rounded up)
+//!   among the live workers its heartbeat counts, so that every worker with jobs for
+//!   the connection can send through it.
+//! - `max_rate_per_second`: each worker paces at its share, the rate times the share of
+//!   the connection's slots it holds (`rate × held / max_connections`): the shares
+//!   never add up to more than the rate, a worker without a slot takes none, and a
+//!   worker holding every slot (one worker alone under load) sends at the full rate.
+//!   No query per message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::store::Store;
+
+/// Takes and gives back session slots for one worker.
+pub struct SessionLeases {
+    store: Store,
+    worker: Uuid,
+    ttl: Duration,
+    /// Live workers, this one included, as of the last heartbeat.
+    alive: AtomicUsize,
+}
+
+impl SessionLeases {
+    /// Leases of `worker`, lapsing `ttl` after its last heartbeat.
+    pub fn new(store: Store, worker: Uuid, ttl: Duration) -> SessionLeases {
+        SessionLeases {
+            store,
+            worker,
+            ttl,
+            alive: AtomicUsize::new(1),
+        }
+    }
+
+    /// Records how many workers are alive (from the heartbeat).
+    pub fn set_alive(&self, workers: usize) {
+        self.alive.store(workers.max(1), Ordering::SeqCst);
+    }
+
+    /// The most slots of a connection of `cap` this worker should hold: an even share
+    /// among the live workers, rounded up. A worker that took every slot while it was
+    /// alone gives the extra back as others join, so that no worker's jobs wait for
+    /// a slot another keeps idle.
+    pub(super) fn fair_share(&self, cap: usize) -> usize {
+        cap.div_ceil(self.alive.load(Ordering::SeqCst).max(1))
+            .max(1)
+    }
+
+    /// A free slot of `connection` (of `cap`), or `None` when other sessions hold
+    /// them all. `held` counts the caller's slots while their leases live.
+    pub(super) async fn acquire(
+        self: &Arc<Self>,
+        connection: &str,
+        cap: u16,
+        held: &Arc<AtomicUsize>,
+    ) -> Result<Option<Lease>, sqlx::Error> {
+        // Two workers may race for the same free slot; the loser looks once more.
+        for _ in 0..2 {
+            if let Some(slot) = self
+                .store
+                .acquire_session_lease(connection, cap, self.worker, self.ttl)
+                .await?
+            {
+                held.fetch_add(1, Ordering::SeqCst);
+                return Ok(Some(Lease {
+                    leases: Arc::clone(self),
+                    connection: connection.to_owned(),
+                    slot,
+                    held: Arc::clone(held),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One held slot; dropping it (the session closed) gives the slot back.
+pub(super) struct Lease {
+    leases: Arc<SessionLeases>,
+    connection: String,
+    slot: i32,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (the process is ending): the lease lapses by itself.
+            return;
+        };
+        let store = self.leases.store.clone();
+        let worker = self.leases.worker;
+        let connection = std::mem::take(&mut self.connection);
+        let slot = self.slot;
+        runtime.spawn(async move {
+            if let Err(e) = store
+                .release_session_lease(&connection, slot, worker)
+                .await
+            {
+                tracing::warn!(connection = %connection, slot, error = %e, "could not give a session slot back; it lapses after worker.presumed_dead_after");
+            }
+        });
+    }
+}

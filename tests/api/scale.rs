@@ -1,0 +1,170 @@
+//! Scaling out: a connection's caps hold for the connection as a whole, however many
+//! worker processes send through it.
+
+use crate::helpers;
+
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use helpers::{spawn_role_with, Action, Event, Script, TestApp};
+use postwire::Role;
+use serde_json::json;
+
+/// The connection's cap in this test.
+const CAP: usize = 2;
+
+/// A `postwire serve --role worker` process on the test app's database, queues and
+/// SMTP server, with the same cap on the configured connection.
+fn start_worker(app: &TestApp) -> Child {
+    app.process("worker")
+        .env("POSTWIRE__WORKER__CONCURRENCY", "8")
+        .env("POSTWIRE__SMTP__DEFAULT__MAX_CONNECTIONS", CAP.to_string())
+        .spawn()
+        .expect("start a worker process")
+}
+
+/// Killed with the test, whatever happens.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+async fn send_many(app: &TestApp, n: usize, tag: &str) {
+    for i in 0..n {
+        let body = json!({"To": "ann@example.com", "Subject": format!("{tag} {i}"), "Body": "x"});
+        app.send_ok(&body).await;
+    }
+}
+
+async fn wait_all_sent(app: &TestApp, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE status = 'sent'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if sent == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sent} of {n} sent after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_together_never_open_more_sessions_than_the_connection_allows() {
+    // A relay that, like Office 365, refuses a session beyond the cap with 421 4.3.2.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let script = {
+        let refused = Arc::clone(&refused);
+        Script::new(move |event, counters| match event {
+            Event::Connect if counters.open > CAP => {
+                refused.fetch_add(1, Ordering::SeqCst);
+                Action::reply(421, "4.3.2 Too many concurrent connections")
+            }
+            _ => Action::Default,
+        })
+    };
+    let app = spawn_role_with(Role::Api, script, |s| {
+        s.smtp.default.as_mut().unwrap().max_connections = Some(CAP as u16);
+    })
+    .await;
+    let mut workers = Workers((0..3).map(|_| start_worker(&app)).collect());
+
+    send_many(&app, 60, "together").await;
+    wait_all_sent(&app, 60).await;
+
+    // One worker killed mid-run: its slots come back once its leases lapse
+    // (worker.presumed_dead_after), and the others carry on.
+    send_many(&app, 40, "after a kill").await;
+    workers.0[0].kill().expect("SIGKILL a worker");
+    let _ = workers.0[0].wait();
+    wait_all_sent(&app, 100).await;
+
+    assert!(
+        app.smtp.peak_sessions_open() <= CAP,
+        "{} sessions were open at once, the cap is {CAP}",
+        app.smtp.peak_sessions_open()
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 0, "sessions were refused");
+    assert!(app.smtp.received().len() >= 100);
+    // And the cap was used: sessions ran side by side.
+    assert_eq!(app.smtp.peak_sessions_open(), CAP);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_together_keep_to_the_connections_rate_and_reach_it() {
+    const RATE: usize = 40;
+    const SLOTS: u16 = 3;
+    const MESSAGES: usize = 200;
+    let app = spawn_role_with(Role::Api, Script::accept_all(), |s| {
+        let default = s.smtp.default.as_mut().unwrap();
+        default.max_connections = Some(SLOTS);
+        default.max_rate_per_second = Some(RATE as u32);
+    })
+    .await;
+    let _workers = Workers(
+        (0..3)
+            .map(|_| {
+                app.process("worker")
+                    .env("POSTWIRE__WORKER__CONCURRENCY", "8")
+                    .env(
+                        "POSTWIRE__SMTP__DEFAULT__MAX_CONNECTIONS",
+                        SLOTS.to_string(),
+                    )
+                    .env(
+                        "POSTWIRE__SMTP__DEFAULT__MAX_RATE_PER_SECOND",
+                        RATE.to_string(),
+                    )
+                    .spawn()
+                    .expect("start a worker process")
+            })
+            .collect(),
+    );
+    // Queued at once, so that every worker has a backlog.
+    for batch in 0..MESSAGES / 100 {
+        let messages: Vec<_> = (0..100)
+            .map(|i| json!({"To": "ann@example.com", "Subject": format!("rate {batch}-{i}"), "Body": "x"}))
+            .collect();
+        let response = app
+            .post("/v1/messages/batch", &json!({ "messages": messages }))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    wait_all_sent(&app, MESSAGES as i64).await;
+
+    // Measured at the relay, from each transaction's start.
+    let mut started: Vec<_> = app.smtp.received().iter().map(|m| m.started_at).collect();
+    started.sort();
+    let busiest = (0..started.len())
+        .map(|i| {
+            started[i..]
+                .iter()
+                .take_while(|t| **t - started[i] < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= RATE + RATE / 10,
+        "{busiest} messages within one second; the rate is {RATE}/s"
+    );
+    let span = *started.last().unwrap() - started[0];
+    let achieved = (started.len() - 1) as f64 / span.as_secs_f64();
+    assert!(
+        achieved >= RATE as f64 * 0.8,
+        "{achieved:.1}/s over {span:?}: the three workers did not reach the rate of {RATE}/s"
+    );
+    eprintln!("busiest second {busiest}, overall {achieved:.1}/s");
+}
