@@ -130,7 +130,7 @@ impl Deliverer {
     /// connections' session slots.
     pub(crate) fn heartbeat_recorded(&self, alive: usize) {
         self.liveness.beat();
-        self.mailer.set_alive_workers(alive);
+        self.mailer.heartbeat_recorded(alive);
     }
 
     /// Marks a message that cannot be processed at all (poison) as failed; its job may

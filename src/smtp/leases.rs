@@ -14,9 +14,9 @@
 //!   worker holding every slot (one worker alone under load) sends at the full rate.
 //!   No query per message.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -29,6 +29,11 @@ pub struct SessionLeases {
     ttl: Duration,
     /// Live workers, this one included, as of the last heartbeat.
     alive: AtomicUsize,
+    /// Bumped when a heartbeat comes after a gap longer than `ttl` (the process was
+    /// frozen, or PostgreSQL out of reach): every lease taken before may have lapsed
+    /// and been taken by another worker, so sessions holding one are closed.
+    epoch: AtomicU64,
+    last_renewal: Mutex<Instant>,
 }
 
 impl SessionLeases {
@@ -39,12 +44,23 @@ impl SessionLeases {
             worker,
             ttl,
             alive: AtomicUsize::new(1),
+            epoch: AtomicU64::new(0),
+            last_renewal: Mutex::new(Instant::now()),
         }
     }
 
-    /// Records how many workers are alive (from the heartbeat).
-    pub fn set_alive(&self, workers: usize) {
+    /// A heartbeat renewed this worker's leases; `workers` are alive.
+    pub fn renewed(&self, workers: usize) {
         self.alive.store(workers.max(1), Ordering::SeqCst);
+        let Ok(mut last) = self.last_renewal.lock() else {
+            return;
+        };
+        let gap = last.elapsed();
+        *last = Instant::now();
+        if gap > self.ttl {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(gap = ?gap, "no heartbeat for longer than worker.presumed_dead_after: session leases may have lapsed; closing the sessions that held them");
+        }
     }
 
     /// The most slots of a connection of `cap` this worker should hold: an even share
@@ -73,6 +89,7 @@ impl SessionLeases {
             {
                 held.fetch_add(1, Ordering::SeqCst);
                 return Ok(Some(Lease {
+                    epoch: self.epoch.load(Ordering::SeqCst),
                     leases: Arc::clone(self),
                     connection: connection.to_owned(),
                     slot,
@@ -90,6 +107,15 @@ pub(super) struct Lease {
     connection: String,
     slot: i32,
     held: Arc<AtomicUsize>,
+    epoch: u64,
+}
+
+impl Lease {
+    /// False once a heartbeat gap may have let the lease lapse: its session must
+    /// close rather than be used again.
+    pub(super) fn is_current(&self) -> bool {
+        self.epoch == self.leases.epoch.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Lease {
@@ -111,5 +137,43 @@ impl Drop for Lease {
                 tracing::warn!(connection = %connection, slot, error = %e, "could not give a session slot back; it lapses after worker.presumed_dead_after");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_heartbeat_after_a_gap_longer_than_the_lease_retires_the_leases_held() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let leases = Arc::new(SessionLeases::new(
+            Store::from_pool(pool),
+            Uuid::nil(),
+            Duration::from_millis(50),
+        ));
+        let held = Arc::new(AtomicUsize::new(1));
+        let lease = Lease {
+            leases: Arc::clone(&leases),
+            connection: String::new(),
+            slot: 0,
+            held: Arc::clone(&held),
+            epoch: leases.epoch.load(Ordering::SeqCst),
+        };
+        leases.renewed(3);
+        assert!(lease.is_current(), "a heartbeat on time keeps it");
+        assert_eq!(
+            leases.fair_share(4),
+            2,
+            "4 slots among 3 workers: 2 at most each"
+        );
+        std::thread::sleep(Duration::from_millis(80));
+        leases.renewed(3);
+        assert!(!lease.is_current(), "after a gap it may have lapsed");
+        // Dropped outside a runtime's reach of PostgreSQL: the count still falls.
+        drop(lease);
+        assert_eq!(held.load(Ordering::SeqCst), 0);
     }
 }

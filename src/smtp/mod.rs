@@ -107,10 +107,11 @@ impl Mailer {
         }
     }
 
-    /// Records how many workers share each connection's session slots.
-    pub fn set_alive_workers(&self, workers: usize) {
+    /// A heartbeat renewed this worker's session leases; `workers` are alive and
+    /// share each connection's slots.
+    pub fn heartbeat_recorded(&self, workers: usize) {
         if let Some(leases) = &self.leases {
-            leases.set_alive(workers);
+            leases.renewed(workers);
         }
     }
 

@@ -215,7 +215,7 @@ impl Pool {
             Attempt::Done {
                 delivery,
                 conn: Some(conn),
-            } => {
+            } if lease.as_ref().is_none_or(Lease::is_current) => {
                 if let Ok(mut idle) = self.idle.lock() {
                     idle.push(Idle {
                         conn,
@@ -225,10 +225,7 @@ impl Pool {
                 }
                 delivery
             }
-            Attempt::Done {
-                delivery,
-                conn: None,
-            } => delivery,
+            Attempt::Done { delivery, .. } => delivery,
             Attempt::StaleSession => Delivery::Deferred {
                 reply: None,
                 error: "the SMTP server closed the connection".to_owned(),
@@ -248,11 +245,12 @@ impl Pool {
             }
         }
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < self.timeouts.idle && !entry.conn.has_broken() {
+            let leased = entry.lease.as_ref().is_none_or(Lease::is_current);
+            if leased && entry.since.elapsed() < self.timeouts.idle && !entry.conn.has_broken() {
                 return Some((entry.conn, entry.lease));
             }
-            // Too old: the server has probably given up on it; drop closes the socket
-            // and gives its slot back.
+            // Too old (the server has probably given up on it), or its lease may have
+            // lapsed: drop closes the socket and gives its slot back.
         }
         None
     }
