@@ -49,18 +49,22 @@ impl SessionLeases {
         }
     }
 
-    /// A heartbeat renewed this worker's leases; `workers` are alive.
-    pub fn renewed(&self, workers: usize) {
+    /// A heartbeat renewed this worker's leases; `workers` are alive. True when it
+    /// came after a gap that may have let them lapse: every lease taken before is
+    /// retired, and the sessions holding one must close.
+    pub fn renewed(&self, workers: usize) -> bool {
         self.alive.store(workers.max(1), Ordering::SeqCst);
         let Ok(mut last) = self.last_renewal.lock() else {
-            return;
+            return false;
         };
         let gap = last.elapsed();
         *last = Instant::now();
-        if gap > self.ttl {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-            tracing::warn!(gap = ?gap, "no heartbeat for longer than worker.presumed_dead_after: session leases may have lapsed; closing the sessions that held them");
+        if gap <= self.ttl {
+            return false;
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(gap = ?gap, "no heartbeat for longer than worker.presumed_dead_after: session leases may have lapsed; closing the sessions that held them");
+        true
     }
 
     /// The most slots of a connection of `cap` this worker should hold: an even share
@@ -162,7 +166,7 @@ mod tests {
             held: Arc::clone(&held),
             epoch: leases.epoch.load(Ordering::SeqCst),
         };
-        leases.renewed(3);
+        assert!(!leases.renewed(3));
         assert!(lease.is_current(), "a heartbeat on time keeps it");
         assert_eq!(
             leases.fair_share(4),
@@ -170,7 +174,7 @@ mod tests {
             "4 slots among 3 workers: 2 at most each"
         );
         std::thread::sleep(Duration::from_millis(80));
-        leases.renewed(3);
+        assert!(leases.renewed(3));
         assert!(!lease.is_current(), "after a gap it may have lapsed");
         // Dropped outside a runtime's reach of PostgreSQL: the count still falls.
         drop(lease);

@@ -110,8 +110,16 @@ impl Mailer {
     /// A heartbeat renewed this worker's session leases; `workers` are alive and
     /// share each connection's slots.
     pub fn heartbeat_recorded(&self, workers: usize) {
-        if let Some(leases) = &self.leases {
-            leases.renewed(workers);
+        let retired = self
+            .leases
+            .as_ref()
+            .is_some_and(|leases| leases.renewed(workers));
+        if retired {
+            // Idle sessions on retired leases close now, not when next used: their
+            // slots may already be another worker's, and the server counts sockets.
+            for pool in self.pools.read().iter().flat_map(|p| p.values()) {
+                pool.close_retired();
+            }
         }
     }
 

@@ -259,6 +259,14 @@ impl Pool {
         u16::try_from(self.max).unwrap_or(u16::MAX)
     }
 
+    /// Closes the idle sessions whose leases were retired (dropping them closes the
+    /// socket).
+    pub fn close_retired(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|entry| entry.lease.as_ref().is_none_or(Lease::is_current));
+        }
+    }
+
     /// Says QUIT to every idle session.
     pub async fn close(&self) {
         let idle: Vec<Idle> = self

@@ -168,3 +168,49 @@ async fn worker_processes_together_keep_to_the_connections_rate_and_reach_it() {
     );
     eprintln!("busiest second {busiest}, overall {achieved:.1}/s");
 }
+
+fn signal(child: &Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_leases_closes_its_sessions_when_it_wakes() {
+    let app = spawn_role_with(Role::Api, Script::accept_all(), |s| {
+        s.smtp.default.as_mut().unwrap().max_connections = Some(CAP as u16);
+    })
+    .await;
+    // Alone, the first worker takes every slot and keeps its sessions pooled.
+    let mut workers = Workers(vec![start_worker(&app)]);
+    send_many(&app, 20, "before").await;
+    wait_all_sent(&app, 20).await;
+    let held_open = app.smtp.sessions_open();
+    assert!(held_open >= 1, "no pooled session to freeze");
+
+    // Frozen for three times worker.presumed_dead_after (1 s): its leases lapse while
+    // its sockets stay open, and another worker takes the slots.
+    signal(&workers.0[0], "-STOP");
+    workers.0.push(start_worker(&app));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send_many(&app, 20, "while frozen").await;
+    wait_all_sent(&app, 40).await;
+
+    // Awake: its next heartbeat retires the lapsed leases and closes their sessions.
+    signal(&workers.0[0], "-CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.smtp.sessions_open() > CAP {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} sessions still open 5 s after the frozen worker woke; the cap is {CAP}",
+            app.smtp.sessions_open()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_many(&app, 20, "after").await;
+    wait_all_sent(&app, 60).await;
+    assert!(app.smtp.sessions_open() <= CAP);
+    assert!(app.smtp.received().len() >= 60);
+}
