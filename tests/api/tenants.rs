@@ -355,6 +355,15 @@ fn assert_nothing_of(body: &str, other: &Producer, ids: &[String]) {
     }
 }
 
+/// How many messages of `producer`'s tenant are stored.
+async fn stored_of(app: &TestApp, producer: &Producer) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
+        .bind(producer.tenant_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
 async fn status_and_text(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
@@ -786,11 +795,7 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         "{problem}"
     );
     assert_nothing_of(&problem, &globex, &[]);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
-        .bind(acme.tenant_id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored = stored_of(&app, &acme).await;
     assert_eq!(stored, accepted as i64, "a refused send was stored");
     // Another tenant is not slowed down by acme.
     for n in 0..8 {
@@ -855,11 +860,7 @@ async fn a_from_or_reply_to_outside_the_tenants_domains_is_refused_naming_the_fi
             "{changes}: {problem}"
         );
     }
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE tenant_id = $1")
-        .bind(acme.tenant_id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored = stored_of(&app, &acme).await;
     assert_eq!(stored, 0);
     acme.send_ok(&helpers::message_with(
         json!({"From": "Acme <News@ACME.example>", "ReplyTo": "help@acme.example"}),

@@ -532,34 +532,35 @@ impl Producer {
             .bearer_auth(&self.key)
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path)
+    /// Sends `method path` (with a JSON body, if any); fails the test if no answer
+    /// comes.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let request = self.request(method.clone(), path);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.request(reqwest::Method::POST, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.request(reqwest::Method::PATCH, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("PATCH {path}: {e}"))
-    }
-
-    pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::DELETE, path)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     /// Sends and expects 202; returns the message id.
