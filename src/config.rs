@@ -280,8 +280,34 @@ pub struct SmtpSettings {
     /// system's, for relays with a private CA. Host names are checked all the same.
     #[serde(default)]
     pub extra_root_certificates: Vec<std::path::PathBuf>,
+    /// How a connection slows down after its server's throttling replies.
+    #[serde(default)]
+    pub throttle: ThrottleSettings,
     /// The connection used when a send names none (its name defaults to `default`).
     pub default: Option<ConnectionFields>,
+}
+
+/// Adaptive throttling (see `domain::Throttle`): a throttling reply halves a
+/// connection's limits and pauses it; each quiet period gives a quarter back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSettings {
+    /// How long a connection sends nothing new after a throttling reply.
+    #[serde(with = "humantime_serde")]
+    pub pause: Duration,
+    /// After the pause, a quarter of the limits comes back per this long without
+    /// another throttling reply.
+    #[serde(with = "humantime_serde")]
+    pub recover_every: Duration,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> ThrottleSettings {
+        ThrottleSettings {
+            pause: Duration::from_secs(30),
+            recover_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Limits on what a send may contain.

@@ -67,6 +67,24 @@ pub fn attempt(connection: &str, seconds: f64, reply_code: Option<u16>) {
         .increment(1);
 }
 
+/// A connection's server answered with a throttling reply.
+pub fn throttle_reply(connection: &str) {
+    counter!("postwire_smtp_throttle_replies_total", "connection" => connection.to_owned())
+        .increment(1);
+}
+
+/// The limits a connection sends at: the fraction of its configured ones in effect
+/// (1 when not throttled), and whether it is paused after a throttling reply.
+pub fn connection_limits(connection: &str, fraction: f64, paused: bool) {
+    gauge!("postwire_connection_limit_fraction", "connection" => connection.to_owned())
+        .set(fraction);
+    gauge!("postwire_connection_paused", "connection" => connection.to_owned()).set(if paused {
+        1.0
+    } else {
+        0.0
+    });
+}
+
 /// Time from publish to RabbitMQ's confirm.
 pub fn publish_confirm(seconds: f64) {
     histogram!("postwire_publish_confirm_seconds").record(seconds);

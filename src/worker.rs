@@ -118,9 +118,11 @@ impl Worker {
                 .heartbeat(self.id, &self.host, self.settings.presumed_dead_after)
                 .await
             {
-                Ok(alive) => self
-                    .deliverer
-                    .heartbeat_recorded(usize::try_from(alive).unwrap_or(1)),
+                Ok(alive) => {
+                    self.deliverer
+                        .heartbeat_recorded(usize::try_from(alive).unwrap_or(1))
+                        .await
+                }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Payload};
-use crate::domain::{parse_connection_name, ConnectionFields, Security};
+use crate::domain::{parse_connection_name, ConnectionFields, Security, SmtpReply, Throttle};
 use crate::keys::Principal;
 use crate::store::{ConnectionRow, DeleteConnection};
 
@@ -87,11 +87,78 @@ pub struct ConnectionView {
     /// stored for the old destination. Send `password` again to set it.
     #[serde(default)]
     pub password_cleared: bool,
+    /// How the connection sends now: its limits after its server's throttling
+    /// replies.
+    pub throttle: ThrottleView,
 }
 
-impl From<&ConnectionRow> for ConnectionView {
-    fn from(c: &ConnectionRow) -> ConnectionView {
+/// Whether the connection is slowed down by its server's throttling replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleState {
+    /// Sending at its configured limits.
+    Normal,
+    /// Sending nothing new until `paused_until`, after a throttling reply.
+    Paused,
+    /// Sending at reduced limits, recovering a quarter per `smtp.throttle.recover_every`.
+    Reduced,
+}
+
+/// A connection's limits in effect, across all workers.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ThrottleView {
+    pub state: ThrottleState,
+    /// Sessions open at once, all workers together, now.
+    pub max_connections: u16,
+    /// Messages per second now (`null`: no limit configured).
+    pub max_rate_per_second: Option<f64>,
+    /// The fraction of the configured limits in effect (1: whole).
+    pub fraction: f64,
+    pub paused_until: Option<DateTime<Utc>>,
+    /// The last throttling reply from the server, if there ever was one.
+    pub last_reply: Option<SmtpReply>,
+    pub last_throttled_at: Option<DateTime<Utc>>,
+    /// Throttling replies since the connection last sent at its whole limits.
+    pub throttle_replies: i64,
+}
+
+impl ThrottleView {
+    fn of(row: &ConnectionRow, throttle: Option<&Throttle>, state: &AppState) -> ThrottleView {
+        let max_connections = u16::try_from(row.max_connections).unwrap_or(1);
+        let rate = row
+            .max_rate_per_second
+            .and_then(|r| u32::try_from(r).ok())
+            .filter(|r| *r > 0);
+        let every = state.settings.smtp.throttle.recover_every;
+        let now = Utc::now();
+        let limits = match throttle {
+            Some(t) => t.limits(max_connections, rate, now, every),
+            None => crate::domain::Limits::full(max_connections, rate),
+        };
+        let recovered = throttle.is_none_or(|t| t.recovered(now, every));
+        ThrottleView {
+            state: match (limits.paused_until, recovered) {
+                (Some(_), _) => ThrottleState::Paused,
+                (None, false) => ThrottleState::Reduced,
+                (None, true) => ThrottleState::Normal,
+            },
+            max_connections: limits.max_connections,
+            max_rate_per_second: limits.max_rate_per_second,
+            fraction: limits.fraction,
+            paused_until: limits.paused_until,
+            last_reply: throttle.map(|t| t.last_reply.clone()),
+            last_throttled_at: throttle.map(|t| t.last_at),
+            throttle_replies: throttle.filter(|_| !recovered).map_or(0, |t| t.replies),
+        }
+    }
+}
+
+impl ConnectionView {
+    /// The view of a stored connection with its throttling state (`None`: never
+    /// throttled).
+    fn of(c: &ConnectionRow, throttle: Option<&Throttle>, state: &AppState) -> ConnectionView {
         ConnectionView {
+            throttle: ThrottleView::of(c, throttle, state),
             name: c.name.clone(),
             tenant: c.tenant.clone(),
             shared: c.shared,
@@ -108,6 +175,12 @@ impl From<&ConnectionRow> for ConnectionView {
             updated_at: c.updated_at,
             password_cleared: false,
         }
+    }
+
+    /// The view of a stored connection, its throttling state read.
+    async fn read(c: &ConnectionRow, state: &AppState) -> Result<ConnectionView, ApiError> {
+        let throttle = state.store.throttle(&c.name).await?;
+        Ok(ConnectionView::of(c, throttle.as_ref(), state))
     }
 }
 
@@ -178,7 +251,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         headers,
-        Json(ConnectionView::from(&stored)),
+        Json(ConnectionView::read(&stored, &state).await?),
     )
         .into_response())
 }
@@ -297,8 +370,13 @@ pub async fn list(
     Extension(caller): Extension<Principal>,
 ) -> Result<Json<ConnectionList>, ApiError> {
     let rows = state.store.list_connections(caller.sees()).await?;
+    let throttles: std::collections::HashMap<String, Throttle> =
+        state.store.throttles().await?.into_iter().collect();
     Ok(Json(ConnectionList {
-        connections: rows.iter().map(ConnectionView::from).collect(),
+        connections: rows
+            .iter()
+            .map(|row| ConnectionView::of(row, throttles.get(&row.name), &state))
+            .collect(),
     }))
 }
 
@@ -310,7 +388,10 @@ pub async fn list(
     tag = "connections",
     summary = "Look a stored SMTP connection up",
     description = "Requires an API key with the **admin** scope.\n\n\
-        Another tenant's connection is 404 (an `operator` key sees every tenant's).",
+        Another tenant's connection is 404 (an `operator` key sees every tenant's). \
+        `throttle` says how it sends now: after a throttling reply from its server \
+        (`421`/`432 4.3.2`, `450 4.2.1`, `421`/`451 4.7.x` \"too many\"/\"rate\") its \
+        limits are halved and it pauses, then recovers a quarter per quiet period.",
     params((
         "name" = String,
         Path,
@@ -331,9 +412,8 @@ pub async fn get(
     Extension(caller): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    Ok(Json(ConnectionView::from(
-        &load(&state, &caller, &name).await?,
-    )))
+    let row = load(&state, &caller, &name).await?;
+    Ok(Json(ConnectionView::read(&row, &state).await?))
 }
 
 /// `PATCH /v1/connections/{name}`.
@@ -383,7 +463,7 @@ pub async fn update(
     state.store.update_connection(&row).await?;
     state.connections.forget(&name);
     tracing::info!(connection = %name, password_cleared, shared = row.shared, "connection updated");
-    let mut view = ConnectionView::from(&load(&state, &caller, &name).await?);
+    let mut view = ConnectionView::read(&load(&state, &caller, &name).await?, &state).await?;
     view.password_cleared = password_cleared;
     Ok(Json(view))
 }

@@ -8,7 +8,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
-use super::connections::{ConnectionList, ConnectionPatch, ConnectionView};
+use super::connections::{
+    ConnectionList, ConnectionPatch, ConnectionView, ThrottleState, ThrottleView,
+};
 use super::email_message::{EmailAttachment, EmailMessage, EmailMessageXml};
 use super::messages::{EventView, EventsView, ListView, MessageView, SummaryView};
 use super::schemas::*;
@@ -71,6 +73,8 @@ use crate::smtp::{VerifyReport, VerifyStep};
             ConnectionFields,
             ConnectionPatch,
             ConnectionView,
+            ThrottleView,
+            ThrottleState,
             ConnectionList,
             NewTenant,
             TenantPatch,
@@ -164,6 +168,7 @@ const ALWAYS_PRESENT: &[&str] = &[
     "SummaryView",
     "ListView",
     "ConnectionView",
+    "ThrottleView",
     "ConnectionList",
     "EventsView",
     "VerifyReport",

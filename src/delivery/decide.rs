@@ -159,6 +159,9 @@ impl RetryPolicy {
                 error,
                 resume_in,
             } => not_attempted(claimed, reply, error, resume_in),
+            Delivery::Throttled { error, resume_in } => {
+                not_attempted(claimed, None, error, resume_in)
+            }
             Delivery::Withheld { error } => not_attempted(claimed, None, error, WITHHELD_WAIT),
         }
     }

@@ -127,10 +127,11 @@ impl Deliverer {
     }
 
     /// This worker's heartbeat was recorded, and `alive` workers share the
-    /// connections' session slots.
-    pub(crate) fn heartbeat_recorded(&self, alive: usize) {
+    /// connections' session slots; what the workers recorded of throttling is read.
+    pub(crate) async fn heartbeat_recorded(&self, alive: usize) {
         self.liveness.beat();
         self.mailer.heartbeat_recorded(alive);
+        self.mailer.refresh_throttles().await;
     }
 
     /// Marks a message that cannot be processed at all (poison) as failed; its job may

@@ -8,6 +8,7 @@ mod importance;
 mod message;
 mod tenant;
 mod text;
+mod throttle;
 
 pub use address::{parse_mailbox_list, AddressError, EmailAddress, Mailbox};
 pub use connection::{
@@ -23,6 +24,7 @@ pub use tenant::{
     parse_sender_domains, parse_tenant_name, parse_tenant_rate, DEFAULT_TENANT, DEFAULT_TENANT_ID,
 };
 pub use text::{check_header_text, check_header_text_max, HeaderTextError};
+pub use throttle::{is_throttling, Limits, Throttle};
 
 /// One problem with one input field, as reported to the client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

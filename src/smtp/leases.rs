@@ -49,6 +49,11 @@ impl SessionLeases {
         }
     }
 
+    /// Where the leases are kept.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A heartbeat renewed this worker's leases; `workers` are alive. True when it
     /// came after a gap that may have let them lapse: every lease taken before is
     /// retired, and the sessions holding one must close.
@@ -81,9 +86,10 @@ impl SessionLeases {
     pub(super) async fn acquire(
         self: &Arc<Self>,
         connection: &str,
-        cap: u16,
+        cap: usize,
         held: &Arc<AtomicUsize>,
     ) -> Result<Option<Lease>, sqlx::Error> {
+        let cap = u16::try_from(cap).unwrap_or(u16::MAX);
         // Two workers may race for the same free slot; the loser looks once more.
         for _ in 0..2 {
             if let Some(slot) = self

@@ -6,6 +6,7 @@ mod leases;
 mod pool;
 mod reply;
 mod session;
+mod throttle;
 pub mod tls;
 mod verify;
 
@@ -14,6 +15,7 @@ pub use leases::SessionLeases;
 
 use connect::{Target, Timeouts};
 use pool::Pool;
+use throttle::Throttles;
 pub use verify::{verify, VerifyReport};
 
 use std::collections::HashMap;
@@ -50,6 +52,9 @@ pub enum Delivery {
         error: String,
         resume_in: Duration,
     },
+    /// The connection rests after its server's throttling reply: nothing was
+    /// attempted, and the message waits `resume_in` without losing an attempt.
+    Throttled { error: String, resume_in: Duration },
     /// Nothing was sent, for a reason of this process rather than of the server: its
     /// heartbeat is too old to start DATA (it may have been presumed dead and taken
     /// over), or the connection could not be loaded. No attempt is spent.
@@ -77,6 +82,8 @@ pub struct Mailer {
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     /// A worker's: sessions count against each connection's cap across workers.
     leases: Option<Arc<SessionLeases>>,
+    /// Connections slowed down by their servers.
+    throttles: Throttles,
     /// Connections whose credentials were refused: until when, why, and at which
     /// revision (an update of the connection lifts the pause).
     paused: Mutex<HashMap<String, (Instant, String, i64)>>,
@@ -90,6 +97,7 @@ impl Mailer {
             .map_err(anyhow::Error::msg)?
             .into();
         Ok(Mailer {
+            throttles: Throttles::new(settings.throttle.clone()),
             settings,
             extra_roots,
             auth_pause,
@@ -99,11 +107,31 @@ impl Mailer {
         })
     }
 
-    /// The same mailer, opening sessions only under leases (a worker's mailer).
+    /// The same mailer, opening sessions only under leases and sharing throttling
+    /// state with every worker (a worker's mailer).
     pub fn with_session_leases(self, leases: SessionLeases) -> Mailer {
+        let store = leases.store().clone();
         Mailer {
             leases: Some(Arc::new(leases)),
+            throttles: self.throttles.shared(store),
             ..self
+        }
+    }
+
+    /// Reads what every worker recorded of the connections' throttling (at a
+    /// heartbeat); the idle sessions of a connection newly paused close.
+    pub async fn refresh_throttles(&self) {
+        let paused = self.throttles.refresh().await;
+        if paused.is_empty() {
+            return;
+        }
+        let Ok(pools) = self.pools.read() else {
+            return;
+        };
+        for name in paused {
+            if let Some(pool) = pools.get(&name) {
+                pool.drop_idle();
+            }
         }
     }
 
@@ -132,8 +160,30 @@ impl Mailer {
                 resume_in,
             };
         }
+        let limits = || self.throttles.limits(connection);
+        if let Some(held) = self.throttles.hold(connection) {
+            return held;
+        }
         let pool = self.pool(connection);
-        match pool.send(message).await {
+        let delivery = pool
+            .send(message, &limits, &|| self.throttles.hold(connection))
+            .await;
+        if let Some(reply) = Throttles::reply_in(&delivery) {
+            if self.throttles.throttled(&connection.name, reply).await {
+                let now = self.throttles.limits(connection);
+                tracing::warn!(
+                    connection = %connection.name,
+                    reply = %reply,
+                    max_connections = now.max_connections,
+                    max_rate_per_second = now.max_rate_per_second,
+                    paused_until = ?now.paused_until,
+                    "the SMTP server throttles: pausing the connection, then sending at reduced limits"
+                );
+                // The server counts sockets: the idle ones go now.
+                pool.drop_idle();
+            }
+        }
+        match delivery {
             Delivery::Paused { reply, error, .. } => {
                 tracing::warn!(connection = %connection.name, error = %error, pause = ?self.auth_pause, "SMTP authentication refused; pausing the connection");
                 if let Ok(mut paused) = self.paused.lock() {

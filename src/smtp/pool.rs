@@ -15,7 +15,7 @@ use super::connect::{self, Target, Timeouts};
 use super::leases::{Lease, SessionLeases};
 use super::session::{self, Attempt};
 use super::{Delivery, Outgoing};
-use crate::domain::SmtpConnection;
+use crate::domain::{Limits, SmtpConnection};
 
 struct Idle {
     conn: AsyncSmtpConnection,
@@ -25,7 +25,7 @@ struct Idle {
 }
 
 /// Sessions to one SMTP server, at most `max_connections` at once, at most
-/// `max_rate_per_second` messages per second.
+/// `max_rate_per_second` messages per second (less while the server throttles).
 pub struct Pool {
     target: Target,
     timeouts: Timeouts,
@@ -34,7 +34,7 @@ pub struct Pool {
     max: usize,
     idle: Mutex<Vec<Idle>>,
     slots: Semaphore,
-    pace: Option<Pace>,
+    pace: Pace,
     /// With leases, a session opens only on a slot free across all workers.
     leases: Option<Arc<SessionLeases>>,
     /// Slots this pool holds leases on.
@@ -43,31 +43,30 @@ pub struct Pool {
     returned: Notify,
 }
 
-/// Spaces messages evenly: each takes the next free slot of 1/rate seconds, stretched
-/// by `cap / held` when this worker holds `held` of the connection's `cap` slots.
+/// Spaces messages evenly: each takes the next free slot of 1/rate seconds, where the
+/// rate is this worker's share of the connection's (see `take_turn`).
 ///
 /// tokio's clock, not std's, so that tests can run the schedule in paused time.
 struct Pace {
-    interval: Duration,
     next: Mutex<tokio::time::Instant>,
 }
 
 impl Pace {
-    fn new(rate: u32) -> Pace {
+    fn new() -> Pace {
         Pace {
-            interval: Duration::from_secs(1) / rate,
             next: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
-    async fn wait(&self, held: usize, cap: usize) {
-        let share = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    /// Waits for the next slot at `rate` messages per second.
+    async fn wait(&self, rate: f64) {
+        let interval = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::from_secs(1));
         let slot = {
             let Ok(mut next) = self.next.lock() else {
                 return;
             };
             let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + self.interval * share(cap) / share(held);
+            *next = slot + interval;
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -92,10 +91,7 @@ impl Pool {
             max: usize::from(connection.max_connections.max(1)),
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(usize::from(connection.max_connections.max(1))),
-            pace: connection
-                .max_rate_per_second
-                .filter(|r| *r > 0)
-                .map(Pace::new),
+            pace: Pace::new(),
         }
     }
 
@@ -105,8 +101,16 @@ impl Pool {
     }
 
     /// Runs one SMTP transaction, waiting for a free session slot, then a session,
-    /// then (with a rate limit) the message's turn.
-    pub async fn send(&self, message: &Outgoing<'_>) -> Delivery {
+    /// then (with a rate limit) the message's turn, all within the `limits` in effect.
+    /// `hold`, asked once the turn comes, may still hand the message back (the
+    /// connection was paused while it waited).
+    pub async fn send(
+        &self,
+        message: &Outgoing<'_>,
+        limits: &(dyn Fn() -> Limits + Sync),
+        hold: &(dyn Fn() -> Option<Delivery> + Sync),
+    ) -> Delivery {
+        let cap = usize::from(limits().max_connections).min(self.max);
         let Ok(_slot) = self.slots.acquire().await else {
             return Delivery::Deferred {
                 reply: None,
@@ -121,9 +125,11 @@ impl Pool {
         let mut paced = false;
         let give_up_at = tokio::time::Instant::now() + self.timeouts.command;
         loop {
-            if let Some((conn, lease)) = self.take_idle() {
+            if let Some((conn, lease)) = self.take_idle(cap) {
                 if !paced {
-                    self.take_turn().await;
+                    if let Err(held) = self.take_turn(cap, limits, hold).await {
+                        return held;
+                    }
                     paced = true;
                 }
                 match session::transact(conn, &self.timeouts, message).await {
@@ -138,11 +144,11 @@ impl Pool {
                 break;
             };
             let held = self.held.load(Ordering::SeqCst);
-            let acquired = if held >= leases.fair_share(self.max) {
+            let acquired = if held >= leases.fair_share(cap) {
                 // This worker has its share: it waits for one of its own sessions.
                 Ok(None)
             } else {
-                leases.acquire(&self.name, self.cap(), &self.held).await
+                leases.acquire(&self.name, cap, &self.held).await
             };
             match acquired {
                 Ok(Some(lease)) => {
@@ -160,8 +166,8 @@ impl Pool {
                 Ok(None) => {
                     return Delivery::Withheld {
                         error: format!(
-                            "all {} sessions of connection {:?} are open in other workers",
-                            self.max, self.name
+                            "all {cap} sessions of connection {:?} are open in other workers",
+                            self.name
                         ),
                     }
                 }
@@ -175,7 +181,9 @@ impl Pool {
         match connect::open(&self.target, &self.timeouts, &mut Vec::new()).await {
             Ok(conn) => {
                 if !paced {
-                    self.take_turn().await;
+                    if let Err(held) = self.take_turn(cap, limits, hold).await {
+                        return held;
+                    }
                 }
                 let attempt = session::transact(conn, &self.timeouts, message).await;
                 self.finish(attempt, slot).await
@@ -186,16 +194,22 @@ impl Pool {
     }
 
     /// Waits for the message's turn under the rate limit. With leases this worker's
-    /// share is the rate times the share of the connection's slots it holds (it holds
-    /// at least the one it is about to use).
-    async fn take_turn(&self) {
-        if let Some(pace) = &self.pace {
-            let held = match self.leases {
-                Some(_) => self.held.load(Ordering::SeqCst),
-                None => self.max,
+    /// share is the rate times the share of the connection's `cap` slots it holds (it
+    /// holds at least the one it is about to use). Then `hold` has the last word.
+    async fn take_turn(
+        &self,
+        cap: usize,
+        limits: &(dyn Fn() -> Limits + Sync),
+        hold: &(dyn Fn() -> Option<Delivery> + Sync),
+    ) -> Result<(), Delivery> {
+        if let Some(rate) = limits().max_rate_per_second.filter(|r| *r > 0.0) {
+            let share = match self.leases {
+                Some(_) => self.held.load(Ordering::SeqCst).clamp(1, cap) as f64 / cap as f64,
+                None => 1.0,
             };
-            pace.wait(held.max(1), self.max).await;
+            self.pace.wait(rate * share).await;
         }
+        hold().map_or(Ok(()), Err)
     }
 
     async fn finish(&self, attempt: Attempt, lease: Option<Lease>) -> Delivery {
@@ -234,12 +248,12 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<(AsyncSmtpConnection, Option<Lease>)> {
+    fn take_idle(&self, cap: usize) -> Option<(AsyncSmtpConnection, Option<Lease>)> {
         let mut idle = self.idle.lock().ok()?;
-        // More slots than this worker's share (workers joined since): idle sessions
-        // beyond it close, giving their slots back.
+        // More slots than this worker's share (workers joined since, or the server
+        // throttles): idle sessions beyond it close, giving their slots back.
         if let Some(leases) = &self.leases {
-            let share = leases.fair_share(self.max);
+            let share = leases.fair_share(cap);
             while self.held.load(Ordering::SeqCst) > share && !idle.is_empty() {
                 idle.remove(0);
             }
@@ -255,15 +269,18 @@ impl Pool {
         None
     }
 
-    fn cap(&self) -> u16 {
-        u16::try_from(self.max).unwrap_or(u16::MAX)
-    }
-
     /// Closes the idle sessions whose leases were retired (dropping them closes the
     /// socket).
     pub fn close_retired(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|entry| entry.lease.as_ref().is_none_or(Lease::is_current));
+        }
+    }
+
+    /// Closes every idle session at once (the server throttles: it counts sockets).
+    pub fn drop_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
         }
     }
 
@@ -288,13 +305,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pace_gives_concurrent_callers_slots_one_interval_apart() {
-        let pace = Arc::new(Pace::new(5));
+        let pace = Arc::new(Pace::new());
         let start = tokio::time::Instant::now();
         let waits: Vec<_> = (0..6)
             .map(|_| {
                 let pace = Arc::clone(&pace);
                 tokio::spawn(async move {
-                    pace.wait(1, 1).await;
+                    pace.wait(5.0).await;
                     tokio::time::Instant::now() - start
                 })
             })
@@ -310,15 +327,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pace_does_not_bank_idle_time_into_a_burst() {
-        let pace = Pace::new(5);
-        pace.wait(1, 1).await;
+        let pace = Pace::new();
+        pace.wait(5.0).await;
         // Idle for a long time: the next caller goes at once, but the one after
         // still waits a full interval rather than spending the idle seconds.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let resumed = tokio::time::Instant::now();
-        pace.wait(1, 1).await;
+        pace.wait(5.0).await;
         assert_eq!(tokio::time::Instant::now() - resumed, Duration::ZERO);
-        pace.wait(1, 1).await;
+        pace.wait(5.0).await;
         assert_eq!(
             tokio::time::Instant::now() - resumed,
             Duration::from_millis(200)
@@ -326,22 +343,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pace_gives_a_worker_its_share_of_the_slots_it_holds() {
-        // 10 per second over 4 slots: holding one slot, this worker's share is 2.5/s.
-        let pace = Pace::new(10);
+    async fn pace_follows_a_rate_that_changes_between_calls() {
+        // A throttled connection at half its 10/s, then whole again.
+        let pace = Pace::new();
         let start = tokio::time::Instant::now();
-        pace.wait(1, 4).await;
-        pace.wait(1, 4).await;
+        pace.wait(5.0).await;
+        pace.wait(5.0).await;
         assert_eq!(
             tokio::time::Instant::now() - start,
-            Duration::from_millis(400)
+            Duration::from_millis(200)
         );
-        // Holding all four, the full rate.
-        pace.wait(4, 4).await;
-        pace.wait(4, 4).await;
+        pace.wait(10.0).await;
+        pace.wait(10.0).await;
         assert_eq!(
             tokio::time::Instant::now() - start,
-            Duration::from_millis(900)
+            Duration::from_millis(500)
         );
     }
 }

@@ -52,6 +52,7 @@ async fn steps(target: &Target, timeouts: &Timeouts) -> Vec<VerifyStep> {
                 Delivery::Deferred { error, .. }
                 | Delivery::Rejected { error, .. }
                 | Delivery::Paused { error, .. }
+                | Delivery::Throttled { error, .. }
                 | Delivery::Withheld { error } => error,
                 Delivery::Sent { .. } => String::new(),
             };

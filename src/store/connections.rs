@@ -220,6 +220,11 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        // A connection created later under the name starts unthrottled.
+        sqlx::query("DELETE FROM connection_throttles WHERE connection = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(DeleteConnection::Deleted)
     }

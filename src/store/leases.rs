@@ -8,9 +8,11 @@ use super::Store;
 
 impl Store {
     /// Takes a free slot (`0..cap`) of `connection` for `worker` until `ttl` from now,
-    /// or `None` when every slot is held by a live lease. A lapsed lease (its worker
-    /// stopped renewing) counts as free. Two workers racing for one slot: one gets
-    /// it, the other `None` (and tries again later).
+    /// or `None` when `cap` live leases are held. A lapsed lease (its worker stopped
+    /// renewing) counts as free. Two workers racing for one slot: one gets it, the
+    /// other `None` (and tries again later). Leases on slots beyond `cap` (taken
+    /// before the cap came down, as a throttled connection's does) count too, so the
+    /// cap holds as their sessions close.
     pub async fn acquire_session_lease(
         &self,
         connection: &str,
@@ -24,6 +26,8 @@ impl Store {
                FROM generate_series(0, $2 - 1) s
               WHERE NOT EXISTS (SELECT 1 FROM smtp_session_leases l
                                  WHERE l.connection = $1 AND l.slot = s AND l.expires_at > now())
+                AND (SELECT count(*) FROM smtp_session_leases l
+                      WHERE l.connection = $1 AND l.expires_at > now()) < $2
               ORDER BY s
               LIMIT 1
              ON CONFLICT (connection, slot) DO UPDATE

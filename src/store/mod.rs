@@ -9,6 +9,7 @@ mod messages;
 mod outbox;
 mod reconcile;
 mod tenants;
+mod throttles;
 mod workers;
 
 pub use api_keys::{ApiKeyRow, NewApiKey};

@@ -214,3 +214,186 @@ async fn a_worker_frozen_past_its_leases_closes_its_sessions_when_it_wakes() {
     assert!(app.smtp.sessions_open() <= CAP);
     assert!(app.smtp.received().len() >= 60);
 }
+
+/// A free local port for a worker's `/metrics`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_reply_storm_slows_the_connection_in_every_worker_then_it_recovers() {
+    const RATE: f64 = 20.0;
+    const MESSAGES: usize = 120;
+    // A relay that, after 20 messages, answers every MAIL FROM for 300 ms with a
+    // rate-limit reply, as a provider does when it is sent mail too fast.
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let storm_began = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let script = {
+        let throttled = Arc::clone(&throttled);
+        Script::new(move |event, counters| {
+            let mut began = storm_began.lock().unwrap();
+            let storming = counters.data_attempt >= 20
+                && began.is_none_or(|t| t.elapsed() < Duration::from_millis(300));
+            match event {
+                Event::MailFrom(_) if storming => {
+                    began.get_or_insert_with(std::time::Instant::now);
+                    throttled.fetch_add(1, Ordering::SeqCst);
+                    Action::reply(451, "4.7.1 Rate limit exceeded, slow down")
+                }
+                _ => Action::Default,
+            }
+        })
+    };
+    let app = spawn_role_with(Role::Api, script, |s| {
+        s.smtp.throttle.pause = Duration::from_secs(2);
+        s.smtp.throttle.recover_every = Duration::from_secs(1);
+        s.retry.initial = Duration::from_millis(500);
+    })
+    .await;
+    let metrics_ports = [free_port(), free_port()];
+    let _workers = Workers(
+        metrics_ports
+            .iter()
+            .map(|port| {
+                app.process("worker")
+                    .env("POSTWIRE__WORKER__CONCURRENCY", "8")
+                    .env("POSTWIRE__SMTP__THROTTLE__PAUSE", "2s")
+                    .env("POSTWIRE__SMTP__THROTTLE__RECOVER_EVERY", "1s")
+                    .env("POSTWIRE__RETRY__INITIAL", "500ms")
+                    .env(
+                        "POSTWIRE__WORKER__METRICS_LISTEN",
+                        format!("127.0.0.1:{port}"),
+                    )
+                    .spawn()
+                    .expect("start a worker process")
+            })
+            .collect(),
+    );
+    let connection = json!({
+        "name": "relay", "host": "127.0.0.1", "port": app.smtp.port(), "security": "none",
+        "max_connections": 2, "max_rate_per_second": RATE as u32,
+        "default_from": "A <a@example.com>"
+    });
+    assert_eq!(app.post("/v1/connections", &connection).await.status(), 201);
+    let view = |body: serde_json::Value| body["throttle"].clone();
+    let before = view(app.get("/v1/connections/relay").await.json().await.unwrap());
+    assert_eq!(before["state"], "normal");
+    assert_eq!(before["max_connections"], 2);
+    assert_eq!(before["fraction"], 1.0);
+    assert!(before["last_reply"].is_null());
+
+    let messages: Vec<_> = (0..MESSAGES)
+        .map(|i| json!({"To": "ann@example.com", "Subject": format!("storm {i}"), "Body": "x", "Connection": "relay"}))
+        .collect();
+    let response = app
+        .post("/v1/messages/batch", &json!({ "messages": messages }))
+        .await;
+    assert_eq!(response.status(), 202);
+
+    // The connection's state as the API shows it, sampled until it is whole again.
+    let mut states: Vec<serde_json::Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = view(app.get("/v1/connections/relay").await.json().await.unwrap());
+        let recovered = now["state"] == "normal" && !now["last_reply"].is_null();
+        if states.last() != Some(&now) {
+            states.push(now);
+        }
+        if recovered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not recovered after 60 s: {states:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let paused = states
+        .iter()
+        .find(|s| s["state"] == "paused")
+        .unwrap_or_else(|| panic!("never paused: {states:#?}"));
+    assert_eq!(paused["last_reply"]["code"], 451);
+    assert_eq!(paused["last_reply"]["enhanced"], "4.7.1");
+    assert_eq!(paused["fraction"], 0.5);
+    assert_eq!(paused["max_connections"], 1);
+    assert_eq!(paused["max_rate_per_second"], RATE / 2.0);
+    // Recovering step by step: a quarter per quiet second.
+    let fractions: Vec<f64> = states
+        .iter()
+        .filter(|s| s["state"] == "reduced")
+        .map(|s| s["fraction"].as_f64().unwrap())
+        .collect();
+    assert_eq!(fractions, vec![0.5, 0.75], "{states:#?}");
+    assert_eq!(states.last().unwrap()["fraction"], 1.0);
+    assert_eq!(states.last().unwrap()["max_connections"], 2);
+
+    // At the relay: nothing started while the connection rested (after the other
+    // worker's next heartbeat, 200 ms, has told it), and no faster than the reduced
+    // rate in the first second after.
+    let paused_until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(paused["paused_until"].clone()).unwrap();
+    let pause_start = paused_until - chrono::Duration::seconds(2);
+    let to_instant = {
+        let (wall, mono) = (chrono::Utc::now(), std::time::Instant::now());
+        move |t: chrono::DateTime<chrono::Utc>| mono - (wall - t).to_std().unwrap()
+    };
+    wait_all_sent(&app, MESSAGES as i64).await;
+    let started: Vec<_> = app.smtp.received().iter().map(|m| m.started_at).collect();
+    let within = |from: std::time::Instant, to: std::time::Instant| {
+        started.iter().filter(|t| **t >= from && **t < to).count()
+    };
+    let rested = within(
+        to_instant(pause_start) + Duration::from_millis(500),
+        to_instant(paused_until) - Duration::from_millis(100),
+    );
+    assert_eq!(
+        rested, 0,
+        "messages were started while the connection was paused"
+    );
+    let reduced = within(
+        to_instant(paused_until),
+        to_instant(paused_until) + Duration::from_secs(1),
+    );
+    assert!(
+        reduced as f64 <= RATE / 2.0 * 1.1 + 1.0,
+        "{reduced} messages in the first second after the pause; the reduced rate is {}/s",
+        RATE / 2.0
+    );
+    assert!(throttled.load(Ordering::SeqCst) >= 1);
+
+    // The workers' metrics say so too: the replies counted where they came, and
+    // every worker sees the connection whole and unpaused again.
+    let mut replies = 0.0;
+    for port in metrics_ports {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let value = |metrics: &str, name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains("connection=\"relay\""))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        loop {
+            let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let whole = value(&metrics, "postwire_connection_paused") == Some(0.0)
+                && value(&metrics, "postwire_connection_limit_fraction") == Some(1.0);
+            if whole {
+                replies += value(&metrics, "postwire_smtp_throttle_replies_total").unwrap_or(0.0);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a worker does not see the connection whole again: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(replies as usize, throttled.load(Ordering::SeqCst));
+}
