@@ -190,12 +190,21 @@ impl std::fmt::Debug for DatabaseSettings {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// The broker, when it is one node.
     pub url: String,
+    /// Every node of a RabbitMQ cluster; when set, `url` is not used. A connection
+    /// goes to the first node that answers, starting after the one last used, so a
+    /// reconnect after a node's failure goes to another. From the environment:
+    /// `POSTWIRE__AMQP__URLS=amqp://a:5672/%2f,amqp://b:5672/%2f`.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Every queue name starts with this prefix, so several deployments (or tests) can
     /// share one broker.
     pub queue_prefix: String,
-    /// `classic` on a single node, `quorum` on a cluster.
-    pub queue_type: QueueType,
+    /// `classic` on a single node, `quorum` on a cluster. Unset: `quorum` when `urls`
+    /// names several nodes, else `classic`.
+    #[serde(default)]
+    pub queue_type: Option<QueueType>,
     /// Delete the queues after this long unused (RabbitMQ `x-expires`); for tests only.
     #[serde(default, with = "humantime_serde")]
     pub queue_expires: Option<Duration>,
@@ -214,10 +223,31 @@ pub struct AmqpSettings {
     pub heartbeat: Duration,
 }
 
+impl AmqpSettings {
+    /// The broker's nodes: `urls`, or `url` alone.
+    pub fn addresses(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// The queue type in effect: as set, else quorum (replicated) on a cluster.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type.unwrap_or(if self.urls.len() > 1 {
+            QueueType::Quorum
+        } else {
+            QueueType::Classic
+        })
+    }
+}
+
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addresses: Vec<String> = self.addresses().into_iter().map(redact_url).collect();
         f.debug_struct("AmqpSettings")
-            .field("url", &redact_url(&self.url))
+            .field("addresses", &addresses)
             .field("queue_prefix", &self.queue_prefix)
             .field("queue_type", &self.queue_type)
             .field("timeout", &self.timeout)
@@ -232,6 +262,16 @@ impl std::fmt::Debug for AmqpSettings {
 pub enum QueueType {
     Classic,
     Quorum,
+}
+
+impl QueueType {
+    /// As RabbitMQ's `x-queue-type` (and this configuration) spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
 }
 
 /// Delivery workers.
@@ -370,7 +410,9 @@ impl Settings {
                 config::Environment::with_prefix("POSTWIRE")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("amqp.urls"),
             );
         let raw = builder
             .build()
@@ -540,6 +582,18 @@ mod tests {
     }
 
     #[test]
+    fn several_broker_addresses_make_quorum_queues_unless_told_otherwise() {
+        let mut amqp = shipped("test").unwrap().amqp;
+        assert_eq!(amqp.addresses(), vec![amqp.url.as_str()]);
+        assert_eq!(amqp.queue_type(), QueueType::Classic);
+        amqp.urls = vec!["amqp://a/%2f".into(), "amqp://b/%2f".into()];
+        assert_eq!(amqp.addresses(), vec!["amqp://a/%2f", "amqp://b/%2f"]);
+        assert_eq!(amqp.queue_type(), QueueType::Quorum);
+        amqp.queue_type = Some(QueueType::Classic);
+        assert_eq!(amqp.queue_type(), QueueType::Classic);
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let mut settings = shipped("test").unwrap();
         settings.security.master_key = Some("bWFzdGVyLWtleS1zZWNyZXQtdmFsdWUtMzJieXRlcyE=".into());
@@ -579,6 +633,6 @@ mod tests {
     #[test]
     fn the_shipped_default_configuration_loads() {
         let settings = shipped("test").expect("config/default.toml must load");
-        assert_eq!(settings.amqp.queue_type, QueueType::Classic);
+        assert_eq!(settings.amqp.queue_type(), QueueType::Classic);
     }
 }

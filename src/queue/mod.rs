@@ -65,7 +65,7 @@ impl Topology {
                 .into_iter()
                 .map(|d| (d, format!("{prefix}.delay.{}ms", d.as_millis())))
                 .collect(),
-            queue_type: settings.queue_type,
+            queue_type: settings.queue_type(),
             expires: settings.queue_expires,
         }
     }
@@ -155,10 +155,7 @@ impl Topology {
     fn arguments(&self) -> FieldTable {
         // Shared by every queue: type and (tests only) expiry.
         let mut args = FieldTable::default();
-        let queue_type = match self.queue_type {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        };
+        let queue_type = self.queue_type.as_str();
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString(queue_type.into()),
@@ -184,15 +181,40 @@ impl Topology {
     }
 }
 
-/// Opens an AMQP connection on the tokio runtime, with heartbeats (unless the URL sets
-/// its own) and within `amqp.timeout`: a broker that accepts the TCP connection and
-/// then says nothing is an error, not a hang.
+/// The node a connection tries first: the one after the node tried first last time, so
+/// that a reconnect after a node's failure starts elsewhere, and the processes of a
+/// deployment spread over the nodes.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Opens an AMQP connection to the first node of `amqp.urls` (or `amqp.url`) that
+/// answers, each within `amqp.timeout`. The error names every node's failure.
 pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
-    let redacted = crate::config::redact_url(&settings.url);
-    let mut uri: lapin::uri::AMQPUri = settings
-        .url
+    let addresses = settings.addresses();
+    let first = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..addresses.len() {
+        let url = addresses[(first + i) % addresses.len()];
+        match connect_to(settings, url, name).await {
+            Ok(connection) => {
+                if addresses.len() > 1 {
+                    tracing::info!(node = %crate::config::redact_url(url), connection = name, "connected to RabbitMQ");
+                }
+                return Ok(connection);
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    anyhow::bail!("{}", failures.join("; "))
+}
+
+/// Opens an AMQP connection to one node on the tokio runtime, with heartbeats (unless
+/// the URL sets its own) and within `amqp.timeout`: a broker that accepts the TCP
+/// connection and then says nothing is an error, not a hang.
+async fn connect_to(settings: &AmqpSettings, url: &str, name: &str) -> anyhow::Result<Connection> {
+    let redacted = crate::config::redact_url(url);
+    let mut uri: lapin::uri::AMQPUri = url
         .parse()
-        .map_err(|e| anyhow::anyhow!("amqp.url {redacted} is not an AMQP URL: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{redacted} is not an AMQP URL: {e}"))?;
     let query = &mut uri.query;
     query.heartbeat = query
         .heartbeat

@@ -4,6 +4,7 @@
 
 use postwire_test_support as helpers;
 
+mod cluster;
 mod crash;
 mod delivery;
 mod hostile;

@@ -55,7 +55,10 @@ fn start_worker(app: &TestApp, extra: &[(&str, &str)]) -> Child {
         .env("POSTWIRE__RECONCILE__GRACE", "5s")
         .env("POSTWIRE__AMQP__TIMEOUT", "2s")
         .env("POSTWIRE__AMQP__HEARTBEAT", "2s")
-        .env("POSTWIRE__AMQP__QUEUE_TYPE", queue_type_name(&app.settings))
+        .env(
+            "POSTWIRE__AMQP__QUEUE_TYPE",
+            app.settings.amqp.queue_type().as_str(),
+        )
         .env("POSTWIRE__DATABASE__ACQUIRE_TIMEOUT", "1s")
         .env("POSTWIRE__WORKER__CONCURRENCY", "16")
         .env("POSTWIRE__SMTP__DATA_TIMEOUT", "3s");
@@ -63,13 +66,6 @@ fn start_worker(app: &TestApp, extra: &[(&str, &str)]) -> Child {
         command.env(k, v);
     }
     command.spawn().expect("start a worker process")
-}
-
-fn queue_type_name(s: &Settings) -> &'static str {
-    match s.amqp.queue_type {
-        QueueType::Classic => "classic",
-        QueueType::Quorum => "quorum",
-    }
 }
 
 async fn stop_gracefully(mut child: Child) {
@@ -164,7 +160,7 @@ async fn postgres_unreachable_for_minutes_strands_no_queued_or_deferred_message(
     let app = spawn_role_with(Role::Api, defer_each_message_once(), |s| {
         outage_settings(s);
         s.database.url = s.database.url.replace(":5432/", &format!(":{port}/"));
-        s.amqp.queue_type = QueueType::Quorum;
+        s.amqp.queue_type = Some(QueueType::Quorum);
     })
     .await;
     let worker = start_worker(&app, &[]);
@@ -224,7 +220,7 @@ async fn purged_queues_lose_nothing(queue_type: QueueType) {
     let app = spawn_role_with(Role::All, defer_each_message_once(), |s| {
         outage_settings(s);
         s.retry.initial = Duration::from_secs(8);
-        s.amqp.queue_type = queue_type;
+        s.amqp.queue_type = Some(queue_type);
     })
     .await;
     let ids = send_many(&app, 40, "purged").await;
@@ -360,4 +356,33 @@ fn signal(child: &Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_addresses_that_refuse_or_hang_are_passed_over_for_one_that_answers() {
+    // One address refuses at once; one accepts the TCP connection and never says a
+    // word (a hung node); the third is the real broker.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_port = refusing.local_addr().unwrap().port();
+    drop(refusing);
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_port = hanging.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let app = spawn_role_with(Role::All, Script::accept_all(), |s| {
+        let real = s.amqp.url.clone();
+        let dead = |port: u16| real.replace(":5672/", &format!(":{port}/"));
+        s.amqp.urls = vec![dead(refusing_port), dead(hanging_port), real];
+        s.amqp.queue_type = Some(QueueType::Classic);
+        s.amqp.timeout = Duration::from_secs(1);
+    })
+    .await;
+    let ids = send_many(&app, 10, "failover").await;
+    let statuses = wait_terminal(&app, &ids, Duration::from_secs(30)).await;
+    assert_eq!(tally(&app, &ids, &statuses), (0, 0));
+    held.abort();
 }

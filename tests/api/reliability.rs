@@ -60,7 +60,7 @@ async fn retried_until_sent(queue_type: QueueType) {
     let (script, data_times) = fail_each_message_first(2, 451);
     let app = spawn_app_with(script, |s| {
         fast_retries(s);
-        s.amqp.queue_type = queue_type;
+        s.amqp.queue_type = Some(queue_type);
     })
     .await;
     let mut ids = Vec::new();
@@ -229,7 +229,7 @@ async fn broker_goes_away(queue_type: QueueType) {
     let port = broker.port();
     let app = spawn_app_with(Script::accept_all(), |s| {
         s.amqp.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-        s.amqp.queue_type = queue_type;
+        s.amqp.queue_type = Some(queue_type);
     })
     .await;
     let first = app.send_ok(&simple_message()).await;

@@ -251,6 +251,12 @@ impl TestApp {
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
+        if !s.amqp.urls.is_empty() {
+            command.env("POSTWIRE__AMQP__URLS", s.amqp.urls.join(","));
+        }
+        if let Some(queue_type) = s.amqp.queue_type {
+            command.env("POSTWIRE__AMQP__QUEUE_TYPE", queue_type.as_str());
+        }
         command
     }
 
