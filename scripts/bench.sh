@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Reference benchmark on this machine (see BENCHMARKS.md).
 #
-#   scripts/bench.sh [--count N] [--workers N] [--mode single|batch]
+#   scripts/bench.sh [--count N] [--workers N] [--api N] [--cluster] [--mode single|batch]
 #                    [--concurrency N] [--batch-size N] [--size BYTES] [--port PORT]
 #                    [--no-postfix] [--out DIR]
 #
 # 1. postwire: builds the release binary, makes sure PostgreSQL, RabbitMQ and Postfix's
-#    smtp-sink (127.0.0.1:2525) run, recreates the database postwire_bench, starts one
-#    `serve --role api` and N `serve --role worker` processes (their own queue prefix),
-#    creates an API key if the build has them, runs `postwire-bench` (crates/bench) against them and
-#    stops them. Only one run at a time (lock /tmp/postwire-bench.lock).
+#    smtp-sink (127.0.0.1:2525) run, recreates the database postwire_bench, starts
+#    --api `serve --role api` processes (ports PORT, PORT+1, ...; the load generator
+#    spreads its clients over them, as a load balancer would) and --workers
+#    `serve --role worker` processes (their own queue prefix), creates an API key if the
+#    build has them, runs `postwire-bench` (crates/bench) against them and stops them.
+#    --cluster puts the queues on the 3-node RabbitMQ cluster of scripts/cluster.sh
+#    (started if needed; quorum queues) instead of the machine's single node.
+#    Only one run at a time (lock /tmp/postwire-bench.lock).
 # 2. Postfix: the same number of equal-sized messages through a separate Postfix
 #    instance (its own config, queue and data directories under $PF_ROOT) listening on
 #    127.0.0.1:2526 and relaying everything to the same smtp-sink; wall time from the
@@ -25,13 +29,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COUNT=20000 WORKERS=1 MODE=single CONCURRENCY=64 BATCH=100 SIZE=1024 PORT=18080
-POSTFIX=1 OUT=
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+COUNT=20000 WORKERS=1 APIS=1 CLUSTER= MODE=single CONCURRENCY=64 BATCH=100 SIZE=1024
+PORT=18080 POSTFIX=1 OUT=
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
+    --api) APIS=$2; shift 2 ;;
+    --cluster) CLUSTER=1; shift ;;
     --mode) MODE=$2; shift 2 ;;
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --batch-size) BATCH=$2; shift 2 ;;
@@ -131,7 +137,7 @@ scripts/services.sh --smtp-sink 9>&- # daemons it starts must not hold the lock
 # What was measured, for BENCHMARKS.md.
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "args: --count $COUNT --workers $WORKERS --mode $MODE --concurrency $CONCURRENCY --batch-size $BATCH --size $SIZE"
+  echo "args: --count $COUNT --workers $WORKERS --api $APIS ${CLUSTER:+--cluster }--mode $MODE --concurrency $CONCURRENCY --batch-size $BATCH --size $SIZE"
   echo "postwire: ${POSTWIRE_BIN:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")$(git status --porcelain 2>/dev/null | grep -q . && echo " + uncommitted changes")}"
   echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2}') MiB"
@@ -166,14 +172,27 @@ export POSTWIRE__SMTP__DEFAULT__HOST=${POSTWIRE__SMTP__DEFAULT__HOST:-127.0.0.1}
 export POSTWIRE__SMTP__DEFAULT__PORT=${POSTWIRE__SMTP__DEFAULT__PORT:-2525}
 export POSTWIRE__LOG__LEVEL=${POSTWIRE__LOG__LEVEL:-warn}
 unset RUST_LOG
-
-if curl -s -o /dev/null "http://127.0.0.1:$PORT/healthz"; then
-  log "something already listens on port $PORT; pass --port"; exit 1
+if [ -n "$CLUSTER" ]; then
+  log "starting the RabbitMQ cluster (scripts/cluster.sh)"
+  POSTWIRE__AMQP__URLS=$(scripts/cluster.sh start 9>&- | paste -sd, -)
+  export POSTWIRE__AMQP__URLS
+  echo "rabbitmq cluster: $POSTWIRE__AMQP__URLS" >>"$OUT/env.txt"
 fi
-POSTWIRE__DATABASE__MIGRATE_ON_START=true "$BIN" serve --role api >"$OUT/api.log" 2>&1 9>&- &
-API_PID=$!
-PIDS+=("$API_PID")
-wait_http "http://127.0.0.1:$PORT/readyz" 60 || { log "the API did not become ready; see $OUT/api.log"; exit 1; }
+
+API_ARGS=()
+for i in $(seq 0 $((APIS - 1))); do
+  port=$((PORT + i))
+  if curl -s -o /dev/null "http://127.0.0.1:$port/healthz"; then
+    log "something already listens on port $port; pass --port"; exit 1
+  fi
+  # The first one migrates; the others wait for it.
+  migrate=false; [ "$i" = 0 ] && migrate=true
+  POSTWIRE__DATABASE__MIGRATE_ON_START=$migrate POSTWIRE__SERVER__PORT=$port \
+    "$BIN" serve --role api >"$OUT/api-$((i + 1)).log" 2>&1 9>&- &
+  PIDS+=("$!")
+  API_ARGS+=(--url "http://127.0.0.1:$port" --api-pid "$!")
+  wait_http "http://127.0.0.1:$port/readyz" 60 || { log "API $((i + 1)) did not become ready; see $OUT/api-$((i + 1)).log"; exit 1; }
+done
 WORKER_ARGS=()
 for i in $(seq 1 "$WORKERS"); do
   POSTWIRE__DATABASE__MIGRATE_ON_START=false "$BIN" serve --role worker >"$OUT/worker-$i.log" 2>&1 9>&- &
@@ -185,12 +204,12 @@ for _ in $(seq 1 120); do
   [ "$(psql_admin "SELECT count(*) FROM workers" "$DB")" -ge "$WORKERS" ] && break
   sleep 0.25
 done
-log "api pid $API_PID, worker pids ${PIDS[*]:1}"
+log "api pids ${PIDS[*]:0:$APIS}, worker pids ${PIDS[*]:$APIS}"
 # An API key for the run (the database is recreated each run, so it dies with it);
 # builds without API keys get none.
 AUTH=()
 if "$BIN" keys --help >/dev/null 2>&1; then
-  API_KEY=$("$BIN" keys create --name bench --scopes send,read 2>>"$OUT/api.log")
+  API_KEY=$("$BIN" keys create --name bench --scopes send,read 2>>"$OUT/api-1.log")
   AUTH=(--api-key "$API_KEY")
 fi
 
@@ -205,10 +224,10 @@ if [ "$MODE" = batch ]; then
 fi
 
 SINK_BEFORE=$(sink_count)
-log "postwire-bench: $COUNT messages, $MODE mode, $CONCURRENCY clients, $WORKERS worker(s)"
-"$BENCH_BIN" --url "http://127.0.0.1:$PORT" --database-url "$DB_URL" --mode "$MODE" \
+log "postwire-bench: $COUNT messages, $MODE mode, $CONCURRENCY clients, $APIS API(s), $WORKERS worker(s)${CLUSTER:+, RabbitMQ cluster}"
+"$BENCH_BIN" --database-url "$DB_URL" --mode "$MODE" \
   --count "$COUNT" --concurrency "$CONCURRENCY" --batch-size "$BATCH" --size "$SIZE" \
-  "${AUTH[@]}" --api-pid "$API_PID" "${WORKER_ARGS[@]}" --json-out "$OUT/postwire.json" | tee "$OUT/postwire.txt"
+  "${AUTH[@]}" "${API_ARGS[@]}" "${WORKER_ARGS[@]}" --json-out "$OUT/postwire.json" | tee "$OUT/postwire.txt"
 stop_postwire
 SINK_AFTER=$(sink_count)
 [ -n "$SINK_BEFORE" ] && [ -n "$SINK_AFTER" ] &&

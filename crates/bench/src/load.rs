@@ -19,8 +19,9 @@ use super::Mode;
 /// What to send, how and how much.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
-    /// Base URL of the API, e.g. `http://127.0.0.1:8080`.
-    pub url: String,
+    /// Base URLs of the API processes, e.g. `http://127.0.0.1:8080`; the clients are
+    /// spread over them evenly.
+    pub urls: Vec<String>,
     pub mode: Mode,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -64,7 +65,6 @@ pub async fn send_all(plan: &LoadPlan, accepted: ProgressBar) -> anyhow::Result<
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
-    let base = plan.url.trim_end_matches('/');
     let auth = plan
         .api_key
         .as_deref()
@@ -81,10 +81,17 @@ pub async fn send_all(plan: &LoadPlan, accepted: ProgressBar) -> anyhow::Result<
     let started = Instant::now();
     let shared = Arc::new(Shared {
         client,
-        endpoint: match plan.mode {
-            Mode::Single => format!("{base}/v1/messages"),
-            Mode::Batch => format!("{base}/v1/messages/batch"),
-        },
+        endpoints: plan
+            .urls
+            .iter()
+            .map(|url| {
+                let base = url.trim_end_matches('/');
+                match plan.mode {
+                    Mode::Single => format!("{base}/v1/messages"),
+                    Mode::Batch => format!("{base}/v1/messages/batch"),
+                }
+            })
+            .collect(),
         auth,
         message,
         mode: plan.mode,
@@ -97,7 +104,7 @@ pub async fn send_all(plan: &LoadPlan, accepted: ProgressBar) -> anyhow::Result<
     });
 
     let clients: Vec<_> = (0..plan.concurrency.max(1))
-        .map(|_| tokio::spawn(client_loop(shared.clone())))
+        .map(|i| tokio::spawn(client_loop(shared.clone(), i)))
         .collect();
     let mut outcome = LoadOutcome::default();
     for client in clients {
@@ -117,7 +124,8 @@ pub async fn send_all(plan: &LoadPlan, accepted: ProgressBar) -> anyhow::Result<
 /// State every client task reads.
 struct Shared {
     client: reqwest::Client,
-    endpoint: String,
+    /// The send endpoint of each API process.
+    endpoints: Vec<String>,
     auth: Option<HeaderValue>,
     /// One message, serialised.
     message: String,
@@ -164,8 +172,9 @@ fn request_body(mode: Mode, message: &str, n: usize) -> Bytes {
 }
 
 /// One client: claim, send, record, until there is nothing left to claim.
-async fn client_loop(shared: Arc<Shared>) -> LoadOutcome {
+async fn client_loop(shared: Arc<Shared>, client: usize) -> LoadOutcome {
     let mut out = LoadOutcome::default();
+    let endpoint = &shared.endpoints[client % shared.endpoints.len().max(1)];
     // Only the last request of a counted run may be short; its body is built then.
     while let Some(n) = shared.claim() {
         let body = if n == shared.per_request {
@@ -176,7 +185,7 @@ async fn client_loop(shared: Arc<Shared>) -> LoadOutcome {
         out.requests += 1;
         out.offered += n;
         let started = Instant::now();
-        match send_one(&shared, body).await {
+        match send_one(&shared, endpoint, body).await {
             Ok(ids) => {
                 out.latencies_ms
                     .push(started.elapsed().as_secs_f64() * 1000.0);
@@ -214,10 +223,10 @@ struct BatchItem {
 }
 
 /// Sends one request; the accepted ids, or the kind of failure.
-async fn send_one(shared: &Shared, body: Bytes) -> Result<Vec<Uuid>, String> {
+async fn send_one(shared: &Shared, endpoint: &str, body: Bytes) -> Result<Vec<Uuid>, String> {
     let mut request = shared
         .client
-        .post(&shared.endpoint)
+        .post(endpoint)
         .header(CONTENT_TYPE, "application/json")
         .body(body);
     if let Some(auth) = &shared.auth {

@@ -44,9 +44,10 @@ pub enum Mode {
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 pub struct BenchArgs {
-    /// Base URL of the postwire API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the postwire API; repeat it for several API processes (as behind a
+    /// load balancer): client `i` sends to URL `i mod n`.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
     /// PostgreSQL URL postwire writes to.
     #[arg(
         long,
@@ -120,7 +121,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pool = observe::connect(&args.database_url).await?;
     let plan = LoadPlan {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
         mode: args.mode,
         concurrency: args.concurrency.into(),
         batch_size: args.batch_size.into(),
@@ -284,7 +285,7 @@ fn summarise(args: &BenchArgs, plan: &LoadPlan, observed: Observed) -> Report {
         .collect();
     Report {
         started_at: start_db.to_rfc3339(),
-        url: plan.url.clone(),
+        url: plan.urls.join(" "),
         mode: match plan.mode {
             Mode::Single => "single",
             Mode::Batch => "batch",
