@@ -345,15 +345,7 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::field("limit", "must be 1 to 500"));
     }
-    let tenant = match (q.tenant, caller.sees()) {
-        (None, own) => own,
-        (Some(name), None) => Some(tenant_id(&state, &name).await?),
-        (Some(name), Some(own)) if name == caller.tenant => Some(own),
-        (Some(_), Some(_)) => return Err(ApiError::field(
-            "tenant",
-            "only an operator key can choose a tenant; this key lists its own tenant's messages",
-        )),
-    };
+    let tenant = chosen_tenant(&state, &caller, q.tenant).await?;
     let filter = ListFilter {
         tenant,
         status: q
@@ -400,6 +392,25 @@ pub async fn list(
             .collect(),
         next_cursor,
     }))
+}
+
+/// The tenant a request's `?tenant=` chooses: any, for an `operator` key; for other
+/// keys only their own (another name is a 400). `None`: none chosen and the key sees
+/// every tenant (an operator).
+pub(super) async fn chosen_tenant(
+    state: &AppState,
+    caller: &Principal,
+    name: Option<String>,
+) -> Result<Option<Uuid>, ApiError> {
+    match (name, caller.sees()) {
+        (None, own) => Ok(own),
+        (Some(name), None) => Ok(Some(tenant_id(state, &name).await?)),
+        (Some(name), Some(own)) if name == caller.tenant => Ok(Some(own)),
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "tenant",
+            "only an operator key can choose a tenant; this key acts on its own tenant's",
+        )),
+    }
 }
 
 /// The id of the tenant an operator filters by.

@@ -14,6 +14,7 @@ mod rate_limit;
 pub mod schemas;
 pub mod send;
 pub mod server;
+pub mod suppressions;
 pub mod tenants;
 
 pub use error::{ApiError, Problem};
@@ -112,6 +113,8 @@ fn admin_routes() -> OpenApiRouter<AppState> {
             connections::delete
         ))
         .routes(routes!(connections::verify))
+        .routes(routes!(suppressions::list, suppressions::add))
+        .routes(routes!(suppressions::delete))
 }
 
 fn operator_routes() -> OpenApiRouter<AppState> {

@@ -15,10 +15,12 @@ use super::email_message::{EmailAttachment, EmailMessage, EmailMessageXml};
 use super::messages::{EventView, EventsView, ListView, MessageView, SummaryView};
 use super::schemas::*;
 use super::send::{BatchRequest, BatchXml};
+use super::suppressions::{NewSuppression, SuppressionList, SuppressionView};
 use super::tenants::{NewTenant, TenantList, TenantPatch, TenantView};
 use super::Problem;
 use crate::domain::{
     ConnectionFields, FieldError, Importance, RecipientResult, Security, SmtpReply, Status,
+    Suppressed,
 };
 use crate::keys::Scope;
 use crate::smtp::{VerifyReport, VerifyStep};
@@ -76,6 +78,10 @@ use crate::smtp::{VerifyReport, VerifyStep};
             ThrottleView,
             ThrottleState,
             ConnectionList,
+            NewSuppression,
+            SuppressionView,
+            SuppressionList,
+            Suppressed,
             NewTenant,
             TenantPatch,
             TenantView,
@@ -114,6 +120,7 @@ use crate::smtp::{VerifyReport, VerifyStep};
         (name = "send", description = "Accepting messages (scope `send`)."),
         (name = "messages", description = "Looking messages up (scope `read`) and cancelling them (scope `send`)."),
         (name = "connections", description = "Stored SMTP connections (scope `admin`: the tenant's own; `operator`: every tenant's)."),
+        (name = "suppressions", description = "The tenant's suppression list: addresses not mailed again (scope `admin`)."),
         (name = "tenants", description = "Tenants: producing applications, each with its own keys, connections and mail (scope `operator`)."),
         (name = "operations", description = "Health, readiness, metrics and this document; no key needed."),
     )
@@ -169,6 +176,9 @@ const ALWAYS_PRESENT: &[&str] = &[
     "ListView",
     "ConnectionView",
     "ThrottleView",
+    "SuppressionView",
+    "SuppressionList",
+    "Suppressed",
     "ConnectionList",
     "EventsView",
     "VerifyReport",

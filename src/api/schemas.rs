@@ -67,6 +67,8 @@ pub enum EventType {
     Failed,
     Cancelled,
     Expired,
+    /// Failed without an attempt: every recipient is on the suppression list.
+    Suppressed,
 }
 
 /// How an attachment's `ContentData` is encoded; any case is accepted.

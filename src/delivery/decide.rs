@@ -95,6 +95,40 @@ impl RetryPolicy {
         (outcome, Next::Done)
     }
 
+    /// The outcome of a message whose every recipient is suppressed: failed, with no
+    /// SMTP session and no attempt spent.
+    pub fn suppress(&self, claimed: &Claimed) -> (Outcome, Next) {
+        let listed: Vec<String> = claimed
+            .suppressed
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} (since {}: {})",
+                    s.address,
+                    s.since.to_rfc3339(),
+                    s.reason
+                )
+            })
+            .collect();
+        let outcome = Outcome {
+            status: Status::Failed,
+            event: "suppressed",
+            reply: None,
+            error: Some(format!(
+                "suppressed: every recipient is on the suppression list: {}",
+                listed.join("; ")
+            )),
+            recipients: claimed
+                .suppressed
+                .iter()
+                .map(crate::domain::RecipientResult::suppressed)
+                .collect(),
+            next_attempt_at: None,
+            attempted: false,
+        };
+        (outcome, Next::Done)
+    }
+
     /// Turns a delivery result into the recorded outcome and the job's next step.
     pub fn decide(&self, claimed: &Claimed, delivery: Delivery) -> (Outcome, Next) {
         let attempt = u32::try_from(claimed.attempt).unwrap_or(u32::MAX);

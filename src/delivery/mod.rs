@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::batcher::{self, Batcher, DbResult};
 use crate::config::{RetrySettings, WorkerSettings};
 use crate::connections::Directory;
-use crate::domain::{Claim, Outcome};
+use crate::domain::{
+    is_address_failure, suppression_key, Claim, Claimed, Outcome, RecipientResult,
+};
 use crate::queue::Job;
 use crate::smtp::{Delivery, Mailer, Outgoing};
 use crate::store::Store;
@@ -229,8 +231,22 @@ impl Deliverer {
         };
         // Every later line about this message says whose it is.
         tracing::Span::current().record("tenant", claimed.tenant.as_str());
+        // Suppressed recipients are left out; with none left, no session is opened.
+        let suppressed: HashSet<&str> = claimed
+            .suppressed
+            .iter()
+            .map(|s| s.address.as_str())
+            .collect();
+        let envelope_to: Vec<String> = claimed
+            .envelope_to
+            .iter()
+            .filter(|to| !suppressed.contains(to.as_str()))
+            .cloned()
+            .collect();
         let (outcome, next) = if self.policy.expired(&claimed) {
             self.policy.expire(&claimed)
+        } else if envelope_to.is_empty() {
+            self.policy.suppress(&claimed)
         } else {
             tracing::debug!(connection = %claimed.connection, attempt = claimed.attempt, "sending");
             let started = std::time::Instant::now();
@@ -239,7 +255,7 @@ impl Deliverer {
                     let may_start_data = || self.liveness.unbroken_since(ticket);
                     let message = Outgoing {
                         envelope_from: &claimed.envelope_from,
-                        envelope_to: &claimed.envelope_to,
+                        envelope_to: &envelope_to,
                         raw: &claimed.raw,
                         may_start_data: &may_start_data,
                     };
@@ -259,7 +275,11 @@ impl Deliverer {
                     error: format!("{e:#}"),
                 },
             };
-            let outcome = self.policy.decide(&claimed, delivery);
+            let mut outcome = self.policy.decide(&claimed, delivery);
+            outcome
+                .0
+                .recipients
+                .extend(claimed.suppressed.iter().map(RecipientResult::suppressed));
             if outcome.0.attempted {
                 let code = outcome.0.reply.as_ref().map(|r| r.code);
                 crate::metrics::attempt(&claimed.connection, started.elapsed().as_secs_f64(), code);
@@ -275,7 +295,40 @@ impl Deliverer {
             return Ok(Next::Done);
         }
         crate::metrics::message(&claimed.tenant, &claimed.connection, outcome.event);
+        self.suppress_bounced(&claimed, &outcome).await;
         Ok(next)
+    }
+
+    /// Puts the recipients the server refused as bad addresses on the tenant's
+    /// suppression list. Not waited out like the outcome: a list missing an entry
+    /// costs one more refusal later, nothing more.
+    async fn suppress_bounced(&self, claimed: &Claimed, outcome: &Outcome) {
+        let bounced: Vec<_> = outcome
+            .recipients
+            .iter()
+            .filter(|r| !r.accepted)
+            .filter_map(|r| {
+                let reply = r.reply.as_ref().filter(|reply| is_address_failure(reply))?;
+                Some((suppression_key(&r.address), reply.clone()))
+            })
+            .collect();
+        if bounced.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .suppress_bounced(&claimed.tenant, claimed.id, &bounced)
+            .await
+        {
+            Ok(()) => {
+                for (address, reply) in &bounced {
+                    tracing::info!(address = %address, reply = %reply, "address refused as bad: suppressed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not add refused addresses to the suppression list")
+            }
+        }
     }
 
     /// Records an outcome; false when this worker no longer holds the claim. An

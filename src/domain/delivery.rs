@@ -119,12 +119,44 @@ fn is_enhanced_code(word: &str, code: u16) -> bool {
         && parts[0] == (code / 100).to_string()
 }
 
-/// What the server said to one `RCPT TO`.
+/// What became of one recipient: the server's answer to its `RCPT TO`, or that it was
+/// left out because its address is suppressed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientResult {
     pub address: String,
     pub accepted: bool,
-    pub reply: SmtpReply,
+    /// The server's reply to `RCPT TO`; `null` for a suppressed recipient (no command
+    /// was sent for it).
+    pub reply: Option<SmtpReply>,
+    /// Set when the recipient was not given to the server because its address is on
+    /// the tenant's suppression list.
+    #[serde(default)]
+    pub suppressed: Option<super::Suppressed>,
+}
+
+impl RecipientResult {
+    /// A recipient the server answered.
+    pub fn answered(address: &str, reply: SmtpReply) -> RecipientResult {
+        RecipientResult {
+            address: address.to_owned(),
+            accepted: reply.is_positive(),
+            reply: Some(reply),
+            suppressed: None,
+        }
+    }
+
+    /// A recipient left out: its address is suppressed.
+    pub fn suppressed(recipient: &super::SuppressedRecipient) -> RecipientResult {
+        RecipientResult {
+            address: recipient.address.clone(),
+            accepted: false,
+            reply: None,
+            suppressed: Some(super::Suppressed {
+                since: recipient.since,
+                reason: recipient.reason.clone(),
+            }),
+        }
+    }
 }
 
 /// A message claimed by a worker for one attempt.
@@ -144,6 +176,8 @@ pub struct Claimed {
     /// When the message first became due: its `SendAt`, else its acceptance.
     pub send_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Recipients whose addresses are on the tenant's suppression list.
+    pub suppressed: sqlx::types::Json<Vec<super::SuppressedRecipient>>,
 }
 
 /// The result of trying to claim a message.

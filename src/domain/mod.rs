@@ -6,6 +6,7 @@ mod connection;
 mod delivery;
 mod importance;
 mod message;
+mod suppression;
 mod tenant;
 mod text;
 mod throttle;
@@ -20,6 +21,7 @@ pub use importance::Importance;
 pub use message::{
     Attachment, Body, CustomHeader, NewMessage, Recipients, Subject, TransferEncoding, MAX_SUBJECT,
 };
+pub use suppression::{is_address_failure, suppression_key, Suppressed, SuppressedRecipient};
 pub use tenant::{
     parse_sender_domains, parse_tenant_name, parse_tenant_rate, DEFAULT_TENANT, DEFAULT_TENANT_ID,
 };

@@ -112,11 +112,10 @@ pub(super) async fn transact(
     let mut recipients = Vec::with_capacity(envelope_to.len());
     for to in envelope_to {
         let Ok(address) = to.parse::<Address>() else {
-            recipients.push(RecipientResult {
-                address: to.clone(),
-                accepted: false,
-                reply: SmtpReply::new(553, &["invalid recipient address"]),
-            });
+            recipients.push(RecipientResult::answered(
+                to,
+                SmtpReply::new(553, &["invalid recipient address"]),
+            ));
             continue;
         };
         let reply = match step(
@@ -130,29 +129,29 @@ pub(super) async fn transact(
             Step::Negative(reply) => reply,
             Step::Broken(error) => return broken(error, recipients),
         };
-        recipients.push(RecipientResult {
-            address: to.clone(),
-            accepted: reply.is_positive(),
-            reply,
-        });
+        recipients.push(RecipientResult::answered(to, reply));
     }
 
     // A recipient refused for now would miss this copy; keep the message whole and
     // try again later rather than deliver to some and lose the others.
-    if let Some(r) = recipients
-        .iter()
-        .find(|r| !r.accepted && !r.reply.is_permanent())
-    {
-        let error = format!("recipient {} deferred: {}", r.address, r.reply);
+    let deferred = recipients.iter().find_map(|r| {
+        let reply = r
+            .reply
+            .as_ref()
+            .filter(|reply| !r.accepted && !reply.is_permanent())?;
+        Some((r.address.clone(), reply.clone()))
+    });
+    if let Some((address, reply)) = deferred {
+        let error = format!("recipient {address} deferred: {reply}");
         let delivery = Delivery::Deferred {
-            reply: Some(r.reply.clone()),
+            reply: Some(reply),
             error,
             recipients,
         };
         return reset(conn, timeouts, delivery).await;
     }
     if !recipients.iter().any(|r| r.accepted) {
-        let reply = recipients.first().map(|r| r.reply.clone());
+        let reply = recipients.first().and_then(|r| r.reply.clone());
         let delivery = rejected(reply, "every recipient was refused".to_owned(), recipients);
         return reset(conn, timeouts, delivery).await;
     }

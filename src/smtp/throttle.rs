@@ -87,7 +87,7 @@ impl Throttles {
         };
         reply
             .into_iter()
-            .chain(recipients.iter().map(|r| &r.reply))
+            .chain(recipients.iter().filter_map(|r| r.reply.as_ref()))
             .find(|r| is_throttling(r))
     }
 

@@ -51,7 +51,17 @@ impl Store {
           RETURNING m.id, (SELECT name FROM tenants t WHERE t.id = m.tenant_id) AS tenant,
                     m.connection, m.envelope_from, m.envelope_to, m.attempts, m.created_at,
                     m.send_at, m.expires_at,
-                    (SELECT raw FROM message_bodies b WHERE b.message_id = m.id) AS raw",
+                    (SELECT raw FROM message_bodies b WHERE b.message_id = m.id) AS raw,
+                    -- recipients on the tenant's suppression list (compared with the
+                    -- domain in lower case, as domain::suppression_key keeps them)
+                    (SELECT coalesce(json_agg(json_build_object(
+                                'address', e, 'since', s.created_at, 'reason', s.reason)),
+                            '[]'::json)
+                       FROM unnest(m.envelope_to) e
+                       JOIN suppressions s
+                         ON s.tenant_id = m.tenant_id
+                        AND s.address = substring(e FROM '^(.*)@') || '@'
+                                        || lower(substring(e FROM '@([^@]*)$'))) AS suppressed",
         )
         .bind(ids)
         .bind(worker)

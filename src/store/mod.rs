@@ -8,6 +8,7 @@ mod listing;
 mod messages;
 mod outbox;
 mod reconcile;
+mod suppressions;
 mod tenants;
 mod throttles;
 mod workers;
@@ -17,6 +18,7 @@ pub use connections::{ConnectionRow, DeleteConnection};
 pub use listing::{ListFilter, MessageSummary};
 pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow};
 pub use reconcile::{Overdue, ReconcileQuery};
+pub use suppressions::SuppressionRow;
 pub use tenants::TenantRow;
 
 use std::time::Duration;

@@ -15,5 +15,6 @@ mod outages;
 mod reliability;
 mod scale;
 mod security;
+mod suppressions;
 mod tenants;
 mod validation;

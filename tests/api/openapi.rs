@@ -25,6 +25,7 @@ const BODY_OPERATIONS: &[&str] = &[
     "updateConnection",
     "createTenant",
     "updateTenant",
+    "addSuppression",
 ];
 
 /// Operations that accept `Idempotency-Key`.
@@ -49,6 +50,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants/{name}"),
     ("PATCH", "/v1/tenants/{name}"),
+    ("GET", "/v1/suppressions"),
+    ("POST", "/v1/suppressions"),
+    ("DELETE", "/v1/suppressions/{address}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -102,7 +106,7 @@ fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
 fn scope_of(method: &str, path: &str) -> Option<&'static str> {
     if OPEN.contains(&path) {
         None
-    } else if path.starts_with("/v1/connections") {
+    } else if path.starts_with("/v1/connections") || path.starts_with("/v1/suppressions") {
         Some("admin")
     } else if path.starts_with("/v1/tenants") {
         Some("operator")
@@ -116,6 +120,7 @@ fn scope_of(method: &str, path: &str) -> Option<&'static str> {
 fn concrete(path: &str) -> String {
     path.replace("{id}", &uuid::Uuid::now_v7().to_string())
         .replace("{name}", "no-such-connection")
+        .replace("{address}", "nobody%40example.com")
 }
 
 #[tokio::test]
