@@ -27,6 +27,9 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub security: SecuritySettings,
     pub retention: RetentionSettings,
+    /// Signed status-change notifications to producers.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
     /// `POSTWIRE_ENV`: `production` unless set. Only `development` and `test` may run
     /// without a master key.
@@ -325,6 +328,71 @@ pub struct SmtpSettings {
     pub throttle: ThrottleSettings,
     /// The connection used when a send names none (its name defaults to `default`).
     pub default: Option<ConnectionFields>,
+}
+
+/// Webhook delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Accept `http://` endpoint URLs (tests, a receiver on a private network);
+    /// otherwise only `https://`.
+    pub allow_http: bool,
+    /// Deliver to addresses on loopback, private, link-local, CGNAT or cloud metadata
+    /// ranges. Off: an endpoint whose host resolves there is refused (no request is
+    /// made), so a tenant cannot aim postwire at the internal network.
+    pub allow_private_targets: bool,
+    /// An endpoint must answer within this long; a 2xx within it is a success.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The waits before each retry of a failed delivery; after the last, the delivery
+    /// is failed (and can be replayed with `POST /v1/webhooks/{id}/recover`).
+    #[serde(deserialize_with = "durations")]
+    pub retry: Vec<Duration>,
+    /// An endpoint failing this long without a success is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// How often each process looks for due deliveries (they are also taken at once
+    /// after a status change in the same process).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Requests in flight at once to one endpoint, per process.
+    pub per_endpoint_concurrency: usize,
+    /// After a secret rotation the old secret signs too for this long.
+    #[serde(with = "humantime_serde")]
+    pub rotation_overlap: Duration,
+}
+
+/// A list of durations written like "5s", "2h".
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let list: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(list
+        .into_iter()
+        .map(humantime_serde::Serde::into_inner)
+        .collect())
+}
+
+impl Default for WebhookSettings {
+    fn default() -> WebhookSettings {
+        let h = |hours: u64| Duration::from_secs(hours * 3600);
+        WebhookSettings {
+            allow_http: false,
+            allow_private_targets: false,
+            timeout: Duration::from_secs(15),
+            retry: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+                h(2),
+                h(5),
+                h(10),
+                h(10),
+            ],
+            disable_after: h(5 * 24),
+            poll_interval: Duration::from_secs(1),
+            per_endpoint_concurrency: 4,
+            rotation_overlap: h(24),
+        }
+    }
 }
 
 /// Adaptive throttling (see `domain::Throttle`): a throttling reply halves a

@@ -25,6 +25,7 @@ pub mod smtp;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;
 
 pub use startup::{Application, Role};

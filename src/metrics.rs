@@ -85,6 +85,17 @@ pub fn connection_limits(connection: &str, fraction: f64, paused: bool) {
     });
 }
 
+/// One try of a webhook delivery: `delivered`, `retrying`, `failed` (no retry left)
+/// or `disabled` (the endpoint was disabled by it).
+pub fn webhook_delivery(outcome: &'static str) {
+    counter!("postwire_webhook_deliveries_total", "outcome" => outcome).increment(1);
+}
+
+/// Webhook deliveries waiting to be made, all endpoints together.
+pub fn webhook_backlog(pending: i64) {
+    gauge!("postwire_webhook_backlog").set(pending as f64);
+}
+
 /// Time from publish to RabbitMQ's confirm.
 pub fn publish_confirm(seconds: f64) {
     histogram!("postwire_publish_confirm_seconds").record(seconds);

@@ -140,6 +140,16 @@ impl Application {
             self.settings.worker.presumed_dead_after,
             shutdown.clone(),
         ));
+        // Webhooks go out from every process; SKIP LOCKED shares the work.
+        let dispatcher = crate::webhooks::Dispatcher::new(
+            self.store.clone(),
+            Arc::new(self.settings.cipher()?),
+            self.settings.webhooks.clone(),
+            |message| {
+                serde_json::to_value(api::messages::MessageView::from(message)).unwrap_or_default()
+            },
+        )?;
+        tasks.spawn(Arc::new(dispatcher).run(shutdown.clone()));
         if let Some((listener, router, publisher, store)) = self.api {
             tasks.spawn(crate::accept::outbox::run(
                 store,

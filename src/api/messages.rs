@@ -333,18 +333,9 @@ pub async fn list(
     Extension(caller): Extension<Principal>,
     super::Query(q): super::Query<ListQuery>,
 ) -> Result<Json<ListView>, ApiError> {
-    let time = |field: &'static str, v: Option<String>| {
-        v.map(|t| {
-            DateTime::parse_from_rfc3339(&t)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ApiError::field(field, format!("{t:?} is not an RFC 3339 time")))
-        })
-        .transpose()
-    };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1 to 500"));
-    }
+    let time =
+        |field: &'static str, v: Option<String>| v.map(|t| super::rfc3339(field, &t)).transpose();
+    let limit = super::page_limit(q.limit, 50)?;
     let tenant = chosen_tenant(&state, &caller, q.tenant).await?;
     let filter = ListFilter {
         tenant,

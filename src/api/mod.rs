@@ -16,9 +16,10 @@ pub mod send;
 pub mod server;
 pub mod suppressions;
 pub mod tenants;
+pub mod webhooks;
 
 pub use error::{ApiError, Problem};
-pub use payload::{Payload, Query, RequestBody};
+pub use payload::{page_limit, rfc3339, Payload, Query, RequestBody};
 
 use std::sync::Arc;
 
@@ -115,6 +116,11 @@ fn admin_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(connections::verify))
         .routes(routes!(suppressions::list, suppressions::add))
         .routes(routes!(suppressions::delete))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::recover))
 }
 
 fn operator_routes() -> OpenApiRouter<AppState> {

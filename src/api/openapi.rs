@@ -17,10 +17,14 @@ use super::schemas::*;
 use super::send::{BatchRequest, BatchXml};
 use super::suppressions::{NewSuppression, SuppressionList, SuppressionView};
 use super::tenants::{NewTenant, TenantList, TenantPatch, TenantView};
+use super::webhooks::{
+    AttemptList, AttemptView, NewWebhook, Recover, Recovered, WebhookList, WebhookPatch,
+    WebhookView, WebhookWithSecret,
+};
 use super::Problem;
 use crate::domain::{
     ConnectionFields, FieldError, Importance, RecipientResult, Security, SmtpReply, Status,
-    Suppressed,
+    Suppressed, WebhookEvent,
 };
 use crate::keys::Scope;
 use crate::smtp::{VerifyReport, VerifyStep};
@@ -82,6 +86,16 @@ use crate::smtp::{VerifyReport, VerifyStep};
             SuppressionView,
             SuppressionList,
             Suppressed,
+            NewWebhook,
+            WebhookPatch,
+            WebhookView,
+            WebhookWithSecret,
+            WebhookList,
+            AttemptView,
+            AttemptList,
+            Recover,
+            Recovered,
+            WebhookEvent,
             NewTenant,
             TenantPatch,
             TenantView,
@@ -121,6 +135,7 @@ use crate::smtp::{VerifyReport, VerifyStep};
         (name = "messages", description = "Looking messages up (scope `read`) and cancelling them (scope `send`)."),
         (name = "connections", description = "Stored SMTP connections (scope `admin`: the tenant's own; `operator`: every tenant's)."),
         (name = "suppressions", description = "The tenant's suppression list: addresses not mailed again (scope `admin`)."),
+        (name = "webhooks", description = "Signed notifications of the tenant's messages' status changes (scope `admin`)."),
         (name = "tenants", description = "Tenants: producing applications, each with its own keys, connections and mail (scope `operator`)."),
         (name = "operations", description = "Health, readiness, metrics and this document; no key needed."),
     )
@@ -179,6 +194,11 @@ const ALWAYS_PRESENT: &[&str] = &[
     "SuppressionView",
     "SuppressionList",
     "Suppressed",
+    "WebhookView",
+    "WebhookList",
+    "AttemptView",
+    "AttemptList",
+    "Recovered",
     "ConnectionList",
     "EventsView",
     "VerifyReport",

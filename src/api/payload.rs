@@ -147,3 +147,23 @@ where
 {
     <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
+
+/// A page size from a query's `limit`: `default` when absent, else 1 to 500.
+pub fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=500).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field("limit", "must be 1 to 500"))
+    }
+}
+
+/// An RFC 3339 time from a request's `field`.
+pub fn rfc3339(
+    field: &'static str,
+    value: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| ApiError::field(field, format!("{value:?} is not an RFC 3339 time")))
+}

@@ -142,10 +142,7 @@ pub async fn list(
     super::Query(q): super::Query<SuppressionQuery>,
 ) -> Result<Json<SuppressionList>, ApiError> {
     let tenant = tenant_of(&state, &caller, q.tenant).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1 to 500"));
-    }
+    let limit = super::page_limit(q.limit, 100)?;
     let rows = state
         .store
         .list_suppressions(tenant, q.cursor.as_deref(), i64::from(limit))

@@ -10,6 +10,7 @@ mod suppression;
 mod tenant;
 mod text;
 mod throttle;
+mod webhook;
 
 pub use address::{parse_mailbox_list, AddressError, EmailAddress, Mailbox};
 pub use connection::{
@@ -27,6 +28,7 @@ pub use tenant::{
 };
 pub use text::{check_header_text, check_header_text_max, HeaderTextError};
 pub use throttle::{is_throttling, Limits, Throttle};
+pub use webhook::{new_webhook_secret, parse_webhook_url, sign_webhook, WebhookEvent};
 
 /// One problem with one input field, as reported to the client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]

@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::webhooks::WEBHOOK_TYPE_OF_EVENT;
 use super::Store;
 use crate::domain::{Claim, Claimed, Outcome, RecipientResult, SmtpReply, Status};
 
@@ -139,7 +140,7 @@ impl Store {
         let details: Vec<Option<String>> = items.iter().map(|i| detail(i.2)).collect();
         let attempted: Vec<bool> = items.iter().map(|i| i.2.attempted).collect();
         let events: Vec<&str> = items.iter().map(|i| i.2.event).collect();
-        sqlx::query(
+        sqlx::query(&format!(
             "WITH t AS (
                 SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
                                      $6::jsonb[], $7::timestamptz[], $8::text[], $9::bool[], $10::text[])
@@ -158,16 +159,35 @@ impl Store {
                   FROM t JOIN locked ON locked.id = t.id
                  WHERE m.id = t.id AND m.status = 'sending'
                    AND m.claimed_by = $11 AND m.attempts = t.attempt
-             RETURNING m.id),
+             RETURNING m.id, m.tenant_id, m.attempts),
              ev AS (
                 INSERT INTO message_events (message_id, kind, attempt, reply, detail, recipients)
                 SELECT t.id, 'attempt', t.attempt, t.reply, t.error, t.recipients
                   FROM t JOIN upd ON upd.id = t.id WHERE t.attempted
                 UNION ALL
                 SELECT t.id, t.event, CASE WHEN t.attempted THEN t.attempt END, NULL, t.detail, NULL
-                  FROM t JOIN upd ON upd.id = t.id)
-             SELECT id FROM upd",
-        )
+                  FROM t JOIN upd ON upd.id = t.id),
+             -- the webhooks of the new statuses, for every endpoint subscribed
+             hooks AS (
+                INSERT INTO webhook_deliveries (endpoint_id, message_id, type, status, attempts,
+                                                reply, error, recipients, next_attempt)
+                SELECT e.id, t.id, k.type, t.status, upd.attempts, t.reply, t.error,
+                       t.recipients, t.next_at
+                  FROM t JOIN upd ON upd.id = t.id
+                 CROSS JOIN LATERAL (
+                       SELECT {WEBHOOK_TYPE_OF_EVENT} AS type
+                       UNION ALL
+                       SELECT 'message.recipient_failed'
+                        WHERE t.status = 'sent' AND EXISTS (
+                              SELECT 1 FROM jsonb_array_elements(t.recipients) r
+                               WHERE NOT (r->>'accepted')::boolean
+                                 AND (r->'reply'->>'code')::int >= 500)) k
+                  JOIN webhook_endpoints e
+                    ON e.tenant_id = upd.tenant_id AND e.disabled_at IS NULL
+                   AND k.type = ANY(e.events)
+                 WHERE k.type IS NOT NULL)
+             SELECT id FROM upd"
+        ))
         .bind(&ids)
         .bind(&attempts)
         .bind(&statuses)

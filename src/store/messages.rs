@@ -281,8 +281,14 @@ impl Store {
                 UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
                  WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
                    AND status IN ('queued', 'deferred')
-             RETURNING id, connection, tenant_id),
-             ev AS (INSERT INTO message_events (message_id, kind) SELECT id, 'cancelled' FROM upd)
+             RETURNING id, connection, tenant_id, attempts),
+             ev AS (INSERT INTO message_events (message_id, kind) SELECT id, 'cancelled' FROM upd),
+             hooks AS (
+                INSERT INTO webhook_deliveries (endpoint_id, message_id, type, status, attempts)
+                SELECT e.id, upd.id, 'message.cancelled', 'cancelled', upd.attempts
+                  FROM upd JOIN webhook_endpoints e
+                    ON e.tenant_id = upd.tenant_id AND e.disabled_at IS NULL
+                   AND 'message.cancelled' = ANY(e.events))
              SELECT t.name, upd.connection FROM upd JOIN tenants t ON t.id = upd.tenant_id",
         )
         .bind(id)

@@ -11,6 +11,7 @@ mod reconcile;
 mod suppressions;
 mod tenants;
 mod throttles;
+mod webhooks;
 mod workers;
 
 pub use api_keys::{ApiKeyRow, NewApiKey};
@@ -20,6 +21,7 @@ pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord
 pub use reconcile::{Overdue, ReconcileQuery};
 pub use suppressions::SuppressionRow;
 pub use tenants::TenantRow;
+pub use webhooks::{DueWebhook, WebhookAttemptRow, WebhookRow, WebhookTry};
 
 use std::time::Duration;
 

@@ -18,3 +18,4 @@ mod security;
 mod suppressions;
 mod tenants;
 mod validation;
+mod webhooks;

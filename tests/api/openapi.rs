@@ -26,6 +26,9 @@ const BODY_OPERATIONS: &[&str] = &[
     "createTenant",
     "updateTenant",
     "addSuppression",
+    "createWebhook",
+    "updateWebhook",
+    "recoverWebhooks",
 ];
 
 /// Operations that accept `Idempotency-Key`.
@@ -53,6 +56,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/suppressions"),
     ("POST", "/v1/suppressions"),
     ("DELETE", "/v1/suppressions/{address}"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}"),
+    ("PATCH", "/v1/webhooks/{id}"),
+    ("DELETE", "/v1/webhooks/{id}"),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"),
+    ("GET", "/v1/webhooks/{id}/attempts"),
+    ("POST", "/v1/webhooks/{id}/recover"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -106,7 +117,10 @@ fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
 fn scope_of(method: &str, path: &str) -> Option<&'static str> {
     if OPEN.contains(&path) {
         None
-    } else if path.starts_with("/v1/connections") || path.starts_with("/v1/suppressions") {
+    } else if ["/v1/connections", "/v1/suppressions", "/v1/webhooks"]
+        .iter()
+        .any(|p| path.starts_with(p))
+    {
         Some("admin")
     } else if path.starts_with("/v1/tenants") {
         Some("operator")

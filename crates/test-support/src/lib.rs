@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod smtp_server;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 pub use smtp_server::{
     non_loopback_ip, Action, Event, ReceivedMail, Script, TestSmtpServer, TlsMode,
 };
+pub use webhook_receiver::{WebhookReceiver, WebhookRequest};
 
 /// The repository's `config/` directory: the shipped configuration.
 pub fn config_dir() -> PathBuf {

@@ -1,0 +1,357 @@
+//! Webhook endpoints and deliveries. Deliveries are written by the statements that
+//! change a message's status (`claims.rs`, `messages.rs`: see [`WEBHOOK_TYPE_OF_EVENT`])
+//! and taken by the dispatcher (`crate::webhooks`) with `SKIP LOCKED`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Store;
+use crate::domain::{RecipientResult, SmtpReply};
+
+/// The webhook type of a message event (`message_events.kind`, with whether an
+/// attempt was made as `attempted`): SQL shared by the statements that write both.
+pub(super) const WEBHOOK_TYPE_OF_EVENT: &str = "CASE event
+        WHEN 'sent' THEN 'message.sent'
+        WHEN 'failed' THEN 'message.failed'
+        WHEN 'expired' THEN 'message.expired'
+        WHEN 'suppressed' THEN 'message.suppressed'
+        WHEN 'cancelled' THEN 'message.cancelled'
+        WHEN 'deferred' THEN CASE WHEN attempted THEN 'message.deferred' END
+     END";
+
+/// A stored endpoint.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebhookRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub secret_enc: Vec<u8>,
+    pub previous_secret_enc: Option<Vec<u8>>,
+    pub previous_until: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, events, description, secret_enc,
+    previous_secret_enc, previous_until, failing_since, disabled_at, disabled_reason,
+    created_at, updated_at";
+
+/// A delivery due now, with what its payload is made of.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueWebhook {
+    /// The `webhook-id`: the same on every try.
+    pub id: Uuid,
+    pub endpoint_id: Uuid,
+    pub message_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub status: String,
+    pub attempts: i32,
+    #[sqlx(json(nullable))]
+    pub reply: Option<SmtpReply>,
+    pub error: Option<String>,
+    #[sqlx(json(nullable))]
+    pub recipients: Option<Vec<RecipientResult>>,
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// Tries made before this one.
+    pub tries: i32,
+}
+
+/// How one try of a delivery ended.
+#[derive(Debug, Clone)]
+pub struct WebhookTry {
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+    pub succeeded: bool,
+    /// When to try again; `None`: no more tries (delivered, or given up).
+    pub retry_in: Option<Duration>,
+    /// The endpoint is to be disabled, and why (410 Gone, or failing too long).
+    pub disable: Option<String>,
+}
+
+/// One try, as `GET /v1/webhooks/{id}/attempts` lists it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebhookAttemptRow {
+    pub id: i64,
+    pub delivery_id: Uuid,
+    pub message_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub at: DateTime<Utc>,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub succeeded: bool,
+}
+
+impl Store {
+    pub async fn insert_webhook(&self, w: &WebhookRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, events, description, secret_enc)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(w.id)
+        .bind(w.tenant_id)
+        .bind(&w.url)
+        .bind(&w.events)
+        .bind(&w.description)
+        .bind(&w.secret_enc)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The endpoints `tenant` sees (`None`: every tenant's), oldest first.
+    pub async fn list_webhooks(
+        &self,
+        tenant: Option<Uuid>,
+    ) -> Result<Vec<WebhookRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+              WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One endpoint, if `tenant` sees it.
+    pub async fn get_webhook(
+        &self,
+        id: Uuid,
+        tenant: Option<Uuid>,
+    ) -> Result<Option<WebhookRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+              WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Endpoints by id, for the dispatcher.
+    pub async fn webhooks_by_id(&self, ids: &[Uuid]) -> Result<Vec<WebhookRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Saves an endpoint's URL, events, description, secrets and disabled state. A
+    /// disabled endpoint's pending deliveries fail with it.
+    pub async fn update_webhook(&self, w: &WebhookRow) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE webhook_endpoints
+                SET url = $2, events = $3, description = $4, secret_enc = $5,
+                    previous_secret_enc = $6, previous_until = $7, disabled_at = $8,
+                    disabled_reason = $9, failing_since = $10, updated_at = now()
+              WHERE id = $1",
+        )
+        .bind(w.id)
+        .bind(&w.url)
+        .bind(&w.events)
+        .bind(&w.description)
+        .bind(&w.secret_enc)
+        .bind(&w.previous_secret_enc)
+        .bind(w.previous_until)
+        .bind(w.disabled_at)
+        .bind(&w.disabled_reason)
+        .bind(w.failing_since)
+        .execute(&mut *tx)
+        .await?;
+        if w.disabled_at.is_some() {
+            fail_pending(&mut tx, w.id, "the endpoint is disabled").await?;
+        }
+        tx.commit().await
+    }
+
+    /// Deletes an endpoint (and its deliveries); false when `tenant` sees none such.
+    pub async fn delete_webhook(
+        &self,
+        id: Uuid,
+        tenant: Option<Uuid>,
+    ) -> Result<bool, sqlx::Error> {
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_endpoints WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    /// Takes up to `limit` due deliveries of enabled endpoints for this process: each
+    /// is pushed `lease` into the future, so that a process that dies holding it
+    /// leaves it to be taken again then.
+    pub async fn take_due_webhooks(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<DueWebhook>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2)
+              WHERE d.id IN (
+                    SELECT d2.id FROM webhook_deliveries d2
+                      JOIN webhook_endpoints e ON e.id = d2.endpoint_id
+                     WHERE d2.state = 'pending' AND d2.due_at <= now() AND e.disabled_at IS NULL
+                     ORDER BY d2.due_at LIMIT $1
+                       FOR UPDATE OF d2 SKIP LOCKED)
+          RETURNING d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
+                    d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries",
+        )
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Records one try of delivery `id` to `endpoint`: the attempt, the delivery's new
+    /// state, the endpoint's health (and disables it when `outcome.disable` says so).
+    pub async fn record_webhook_try(
+        &self,
+        id: Uuid,
+        endpoint: Uuid,
+        outcome: &WebhookTry,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let millis = i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX);
+        let status = outcome.http_status.map(i32::from);
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(endpoint)
+        .bind(status)
+        .bind(&outcome.error)
+        .bind(millis)
+        .bind(outcome.succeeded)
+        .execute(&mut *tx)
+        .await?;
+        let state = match (outcome.succeeded, outcome.retry_in) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "pending",
+            (false, None) => "failed",
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries
+                SET state = $2, tries = tries + 1, last_status = $3, last_error = $4,
+                    due_at = now() + make_interval(secs => $5),
+                    delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+              WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(status)
+        .bind(&outcome.error)
+        .bind(outcome.retry_in.unwrap_or_default().as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_endpoints
+                SET failing_since = CASE WHEN $2 THEN NULL ELSE COALESCE(failing_since, now()) END
+              WHERE id = $1",
+        )
+        .bind(endpoint)
+        .bind(outcome.succeeded)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(reason) = &outcome.disable {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $2, updated_at = now()
+                  WHERE id = $1 AND disabled_at IS NULL",
+            )
+            .bind(endpoint)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+            fail_pending(&mut tx, endpoint, reason).await?;
+        }
+        tx.commit().await
+    }
+
+    /// An endpoint's tries, newest first: all, or only the failed (`Some(false)`) or
+    /// succeeded ones, since a time, before a cursor (an attempt id).
+    pub async fn list_webhook_attempts(
+        &self,
+        endpoint: Uuid,
+        succeeded: Option<bool>,
+        since: Option<DateTime<Utc>>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<WebhookAttemptRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT a.id, a.delivery_id, d.message_id, d.type, a.at, a.http_status, a.error,
+                    a.duration_ms, a.succeeded
+               FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+              WHERE a.endpoint_id = $1
+                AND ($2::bool IS NULL OR a.succeeded = $2)
+                AND ($3::timestamptz IS NULL OR a.at >= $3)
+                AND ($4::bigint IS NULL OR a.id < $4)
+              ORDER BY a.id DESC LIMIT $5",
+        )
+        .bind(endpoint)
+        .bind(succeeded)
+        .bind(since)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Makes the failed deliveries of `endpoint` that occurred since `since` due again
+    /// (with a fresh retry schedule); how many.
+    pub async fn recover_webhooks(
+        &self,
+        endpoint: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', tries = 0, due_at = now()
+              WHERE endpoint_id = $1 AND state = 'failed' AND occurred_at >= $2",
+        )
+        .bind(endpoint)
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deliveries waiting to be made (for the queue-depth metric).
+    pub async fn pending_webhooks(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+    }
+}
+
+async fn fail_pending(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    endpoint: Uuid,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET state = 'failed', last_error = $2
+          WHERE endpoint_id = $1 AND state = 'pending'",
+    )
+    .bind(endpoint)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Webhooks through a real HTTP receiver that checks every signature with its own
+//! implementation: one event per status change, ids stable over retries, a receiver
+//! that fails for a while, 410, rotation, recovery and the private-address guard.
+
+use crate::helpers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use helpers::{assert_problem, spawn_app_with, Action, Event, Script, TestApp, WebhookReceiver};
+use postwire::config::Settings;
+use serde_json::{json, Value};
+
+/// Webhooks to the test receiver (http, on loopback), retried quickly.
+fn quick_webhooks(s: &mut Settings) {
+    s.webhooks.allow_http = true;
+    s.webhooks.allow_private_targets = true;
+    s.webhooks.poll_interval = Duration::from_millis(100);
+    s.webhooks.timeout = Duration::from_secs(2);
+    s.webhooks.retry = vec![Duration::from_millis(300); 3];
+    s.retry.initial = Duration::from_millis(300);
+    s.retry.jitter = false;
+}
+
+/// Subscribes `receiver` to `events`; the secret goes to the receiver.
+async fn subscribe(app: &TestApp, receiver: &WebhookReceiver, events: &[&str]) -> Value {
+    let response = app
+        .post(
+            "/v1/webhooks",
+            &json!({"url": receiver.url(), "events": events, "description": "test receiver"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    receiver.set_secrets(&[secret]);
+    created
+}
+
+/// A relay that defers the first DATA of `defer@`, refuses `bob@` as unknown and
+/// `reject@`'s message outright.
+fn relay() -> Script {
+    let deferred = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    Script::new(move |event, _| match event {
+        Event::RcptTo(to) if *to == "bob@example.com" => {
+            Action::reply(550, "5.1.1 <bob@example.com>: User unknown")
+        }
+        Event::DataEnd { rcpt_to, .. } if rcpt_to.iter().any(|r| r == "defer@example.com") => {
+            if deferred.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                Action::Default
+            } else {
+                Action::reply(451, "4.3.0 try again later")
+            }
+        }
+        Event::DataEnd { rcpt_to, .. } if rcpt_to.iter().any(|r| r == "reject@example.com") => {
+            Action::reply(554, "5.6.0 Message rejected")
+        }
+        _ => Action::Default,
+    })
+}
+
+async fn wait_for_events(receiver: &WebhookReceiver, n: usize) -> Vec<helpers::WebhookRequest> {
+    receiver.wait_for(n, Duration::from_secs(30)).await
+}
+
+#[tokio::test]
+async fn every_status_change_is_posted_once_signed_with_the_endpoints_secret() {
+    let app = spawn_app_with(relay(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let all = [
+        "message.sent",
+        "message.deferred",
+        "message.failed",
+        "message.cancelled",
+        "message.expired",
+        "message.suppressed",
+        "message.recipient_failed",
+    ];
+    subscribe(&app, &receiver, &all).await;
+    let added = app
+        .post(
+            "/v1/suppressions",
+            &json!({"address": "gone@example.com", "reason": "complaint"}),
+        )
+        .await;
+    assert_eq!(added.status(), 201);
+
+    let send = |to: &str, subject: &str| json!({"To": to, "Subject": subject, "Body": "x"});
+    let deferred_then_sent = app.send_ok(&send("defer@example.com", "deferred")).await;
+    let partly_refused = app
+        .send_ok(&send("ann@example.com;bob@example.com", "partly"))
+        .await;
+    let rejected = app.send_ok(&send("reject@example.com", "rejected")).await;
+    let suppressed = app.send_ok(&send("gone@example.com", "suppressed")).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let cancelled = app
+        .send_ok(
+            &json!({"To": "ann@example.com", "Subject": "cancelled", "Body": "x", "SendAt": later}),
+        )
+        .await;
+    let response = app
+        .post(&format!("/v1/messages/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    for id in [&deferred_then_sent, &partly_refused, &rejected, &suppressed] {
+        app.wait_until_terminal(id).await;
+    }
+
+    let expected: BTreeSet<(String, &str)> = [
+        (deferred_then_sent.clone(), "message.deferred"),
+        (deferred_then_sent.clone(), "message.sent"),
+        (partly_refused.clone(), "message.sent"),
+        (partly_refused.clone(), "message.recipient_failed"),
+        (rejected.clone(), "message.failed"),
+        (suppressed.clone(), "message.suppressed"),
+        (cancelled.clone(), "message.cancelled"),
+    ]
+    .into_iter()
+    .collect();
+    let got = wait_for_events(&receiver, expected.len()).await;
+    // A moment for anything extra to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_all = receiver.received();
+    assert_eq!(got_all.len(), expected.len(), "{got_all:#?}");
+    assert!(got.iter().all(|r| r.verified), "unverified: {got:#?}");
+    let seen: BTreeSet<(String, &str)> = got_all
+        .iter()
+        .map(|r| {
+            let json = r.json.as_ref().unwrap();
+            let kind = all
+                .iter()
+                .find(|t| **t == json["type"])
+                .unwrap_or_else(|| panic!("unknown type {}", json["type"]));
+            (json["data"]["id"].as_str().unwrap().to_owned(), *kind)
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    let ids: BTreeSet<&str> = got_all.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), got_all.len(), "webhook-ids repeat");
+
+    // The data is the message as GET shows it, as it was at the event.
+    let by: BTreeMap<(String, String), Value> = got_all
+        .iter()
+        .map(|r| {
+            let json = r.json.clone().unwrap();
+            let key = (
+                json["data"]["id"].as_str().unwrap().to_owned(),
+                json["type"].as_str().unwrap().to_owned(),
+            );
+            (key, json)
+        })
+        .collect();
+    let deferred = &by[&(deferred_then_sent.clone(), "message.deferred".to_owned())];
+    assert_eq!(deferred["data"]["status"], "deferred");
+    assert_eq!(deferred["data"]["last_reply"]["code"], 451);
+    assert_eq!(deferred["data"]["subject"], "deferred");
+    assert_eq!(deferred["data"]["to"][0], "defer@example.com");
+    assert!(deferred["timestamp"].is_string());
+    let sent = &by[&(deferred_then_sent.clone(), "message.sent".to_owned())];
+    assert_eq!(sent["data"]["status"], "sent");
+    assert_eq!(sent["data"]["attempts"], 2);
+    let refused = &by[&(
+        partly_refused.clone(),
+        "message.recipient_failed".to_owned(),
+    )];
+    let bob = refused["data"]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "bob@example.com")
+        .cloned()
+        .unwrap();
+    assert_eq!(bob["reply"]["enhanced"], "5.1.1");
+    let gone = &by[&(suppressed.clone(), "message.suppressed".to_owned())];
+    assert_eq!(gone["data"]["status"], "failed");
+    assert_eq!(
+        gone["data"]["recipients"][0]["suppressed"]["reason"],
+        "complaint"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_failing_for_a_while_gets_each_event_once_with_the_same_id_on_every_try() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        // Enough tries to outlast the outage below.
+        s.webhooks.retry = vec![Duration::from_millis(400); 8];
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    receiver.answer(503);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("m{i}"), "Body": "x"}))
+                .await,
+        );
+    }
+    // Each event tried and refused at least twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.received().len() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.answer(200);
+    let delivered = wait_for_events(&receiver, 5).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = receiver.received();
+    let delivered_ids: BTreeSet<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        delivered_ids.len(),
+        5,
+        "an event delivered twice: {delivered:#?}"
+    );
+    assert_eq!(receiver.verified_events().len(), 5);
+    // Every refused try carried the id its event was finally delivered under.
+    for refused in all.iter().filter(|r| r.answered == 503) {
+        assert!(delivered_ids.contains(refused.id.as_str()), "{refused:#?}");
+    }
+    let messages: BTreeSet<String> = delivered
+        .iter()
+        .map(|r| {
+            r.json.as_ref().unwrap()["data"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(messages, ids.iter().cloned().collect());
+
+    // The attempts are visible, failed and succeeded.
+    let id = endpoint["id"].as_str().unwrap();
+    let failed: Value = app
+        .get(&format!("/v1/webhooks/{id}/attempts?status=failed"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let failed = failed["attempts"].as_array().unwrap();
+    assert!(failed.len() >= 10);
+    assert!(failed
+        .iter()
+        .all(|a| a["http_status"] == 503 && a["succeeded"] == false));
+    let succeeded: Value = app
+        .get(&format!("/v1/webhooks/{id}/attempts?status=succeeded"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(succeeded["attempts"].as_array().unwrap().len(), 5);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("postwire_webhook_deliveries_total{outcome=\"delivered\"}"));
+}
+
+#[tokio::test]
+async fn deliveries_out_of_retries_fail_and_recover_sends_them_again() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let id = endpoint["id"].as_str().unwrap();
+    receiver.answer(500);
+    let message = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "late", "Body": "x"}))
+        .await;
+    // The first try and three retries, then nothing more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.received().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "tries missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 4);
+
+    receiver.answer(200);
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let response = app
+        .post(
+            &format!("/v1/webhooks/{id}/recover"),
+            &json!({"since": since}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.json::<Value>().await.unwrap()["recovered"], 1);
+    let delivered = wait_for_events(&receiver, 1).await;
+    assert_eq!(
+        delivered[0].json.as_ref().unwrap()["data"]["id"],
+        message.as_str()
+    );
+    assert_eq!(
+        delivered[0].id,
+        receiver.received()[0].id,
+        "a new id on recovery"
+    );
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_and_its_admin_sees_why() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let id = endpoint["id"].as_str().unwrap();
+    receiver.answer(410);
+    let first = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "one", "Body": "x"}))
+        .await;
+    app.wait_until_terminal(&first).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let view: Value = app
+            .get(&format!("/v1/webhooks/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !view["disabled_at"].is_null() {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not disabled: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(view["disabled_reason"].as_str().unwrap().contains("410"));
+    let second = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "two", "Body": "x"}))
+        .await;
+    app.wait_until_terminal(&second).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 1, "sent to a disabled endpoint");
+
+    // Enabled again, it hears of what comes next.
+    receiver.answer(200);
+    let response = app
+        .client
+        .patch(format!("{}/v1/webhooks/{id}", app.address))
+        .json(&json!({"disabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let third = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "three", "Body": "x"}))
+        .await;
+    let delivered = wait_for_events(&receiver, 1).await;
+    assert_eq!(
+        delivered[0].json.as_ref().unwrap()["data"]["id"],
+        third.as_str()
+    );
+}
+
+#[tokio::test]
+async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let old = endpoint["secret"].as_str().unwrap().to_owned();
+    let id = endpoint["id"].as_str().unwrap();
+    let response = app
+        .post(&format!("/v1/webhooks/{id}/rotate-secret"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let rotated: Value = response.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert!(rotated["previous_secret_valid_until"].is_string());
+    // A receiver that knows only the new secret, and one that knows only the old.
+    for secret in [&new, &old] {
+        receiver.set_secrets(std::slice::from_ref(secret));
+        let before = receiver.received().len();
+        app.send_ok(&json!({"To": "ann@example.com", "Subject": "rotating", "Body": "x"}))
+            .await;
+        let got = wait_for_events(&receiver, before + 1).await;
+        let last = got.last().unwrap();
+        assert_eq!(last.signatures.len(), 2, "{last:#?}");
+        assert!(last.verified, "not verified with one of the two secrets");
+    }
+    // The secret is never shown again.
+    let view = app
+        .get(&format!("/v1/webhooks/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!view.contains(&new) && !view.contains("whsec_"), "{view}");
+}
+
+#[tokio::test]
+async fn endpoints_inside_the_network_are_refused_unless_allowed() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.allow_private_targets = false;
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    // By address, by a name that resolves to loopback, and the metadata service.
+    let by_name = receiver.url().replace("127.0.0.1", "localhost");
+    for url in [receiver.url(), by_name] {
+        let response = app
+            .post(
+                "/v1/webhooks",
+                &json!({"url": url, "events": ["message.sent"]}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    let message = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "x", "Body": "x"}))
+        .await;
+    app.wait_until_terminal(&message).await;
+    let list: Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    for endpoint in list["webhooks"].as_array().unwrap() {
+        let id = endpoint["id"].as_str().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let attempt = loop {
+            let page: Value = app
+                .get(&format!("/v1/webhooks/{id}/attempts"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if let Some(a) = page["attempts"].as_array().unwrap().first() {
+                break a.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no attempt");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(attempt["succeeded"], false);
+        assert!(attempt["http_status"].is_null());
+        assert!(
+            attempt["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a public address"),
+            "{attempt}"
+        );
+    }
+    assert_eq!(receiver.count(), 0, "a request reached the private address");
+
+    // Plain http is refused at creation unless allowed.
+    let strict = spawn_app_with(Script::accept_all(), |_| {}).await;
+    let response = strict
+        .post(
+            "/v1/webhooks",
+            &json!({"url": "http://hooks.example.com/x", "events": ["message.sent"]}),
+        )
+        .await;
+    assert_problem(response, 400, "url").await;
+    let response = strict
+        .post(
+            "/v1/webhooks",
+            &json!({"url": "https://hooks.example.com/x", "events": ["message.bounced"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+}
