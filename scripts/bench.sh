@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reference benchmark on this machine (see BENCHMARKS.md).
 #
-#   scripts/bench.sh [--count N] [--workers N] [--api N] [--cluster] [--mode single|batch]
+#   scripts/bench.sh [--count N] [--workers N] [--api N] [--cluster] [--webhook] [--mode single|batch]
 #                    [--concurrency N] [--batch-size N] [--size BYTES] [--port PORT]
 #                    [--no-postfix] [--out DIR]
 #
@@ -13,6 +13,8 @@
 #    build has them, runs `postwire-bench` (crates/bench) against them and stops them.
 #    --cluster puts the queues on the 3-node RabbitMQ cluster of scripts/cluster.sh
 #    (started if needed; quorum queues) instead of the machine's single node.
+#    --webhook subscribes one endpoint to message.sent (a local HTTP receiver that
+#    answers 204) and reports how many webhooks it got.
 #    Only one run at a time (lock /tmp/postwire-bench.lock).
 # 2. Postfix: the same number of equal-sized messages through a separate Postfix
 #    instance (its own config, queue and data directories under $PF_ROOT) listening on
@@ -30,14 +32,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNT=20000 WORKERS=1 APIS=1 CLUSTER= MODE=single CONCURRENCY=64 BATCH=100 SIZE=1024
-PORT=18080 POSTFIX=1 OUT=
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+PORT=18080 POSTFIX=1 OUT= WEBHOOK= HOOK_PORT=18099
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) COUNT=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --api) APIS=$2; shift 2 ;;
     --cluster) CLUSTER=1; shift ;;
+    --webhook) WEBHOOK=1; shift ;;
     --mode) MODE=$2; shift 2 ;;
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --batch-size) BATCH=$2; shift 2 ;;
@@ -82,7 +85,8 @@ stop_postwire() {
 stop_postfix() {
   if [ -n "$PF_STARTED" ]; then postfix -c "$PF_ROOT/etc" stop >/dev/null 2>&1 || true; PF_STARTED=; fi
 }
-cleanup() { stop_postwire; stop_postfix; }
+HOOK_PID=
+cleanup() { stop_postwire; stop_postfix; [ -z "$HOOK_PID" ] || kill "$HOOK_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -137,7 +141,7 @@ scripts/services.sh --smtp-sink 9>&- # daemons it starts must not hold the lock
 # What was measured, for BENCHMARKS.md.
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "args: --count $COUNT --workers $WORKERS --api $APIS ${CLUSTER:+--cluster }--mode $MODE --concurrency $CONCURRENCY --batch-size $BATCH --size $SIZE"
+  echo "args: --count $COUNT --workers $WORKERS --api $APIS ${CLUSTER:+--cluster }${WEBHOOK:+--webhook }--mode $MODE --concurrency $CONCURRENCY --batch-size $BATCH --size $SIZE"
   echo "postwire: ${POSTWIRE_BIN:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")$(git status --porcelain 2>/dev/null | grep -q . && echo " + uncommitted changes")}"
   echo "cpu: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "memory: $(free -m | awk '/^Mem:/ {print $2}') MiB"
@@ -172,6 +176,27 @@ export POSTWIRE__SMTP__DEFAULT__HOST=${POSTWIRE__SMTP__DEFAULT__HOST:-127.0.0.1}
 export POSTWIRE__SMTP__DEFAULT__PORT=${POSTWIRE__SMTP__DEFAULT__PORT:-2525}
 export POSTWIRE__LOG__LEVEL=${POSTWIRE__LOG__LEVEL:-warn}
 unset RUST_LOG
+if [ -n "$WEBHOOK" ]; then
+  # The receiver is local: postwire must be allowed to post to it over http.
+  export POSTWIRE__WEBHOOKS__ALLOW_HTTP=true POSTWIRE__WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
+  python3 - "$HOOK_PORT" "$OUT/webhooks.count" 9>&- <<'PY' &
+import http.server, sys, threading
+count, lock = 0, threading.Lock()
+class Receiver(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
+    def do_POST(self):
+        global count
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(204); self.send_header("content-length", "0"); self.end_headers()
+        with lock:
+            count += 1
+            if count % 100 == 0 or count < 100:
+                open(sys.argv[2], "w").write(str(count))
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+PY
+  HOOK_PID=$!
+fi
 if [ -n "$CLUSTER" ]; then
   log "starting the RabbitMQ cluster (scripts/cluster.sh)"
   POSTWIRE__AMQP__URLS=$(scripts/cluster.sh start 9>&- | paste -sd, -)
@@ -213,6 +238,13 @@ if "$BIN" keys --help >/dev/null 2>&1; then
   AUTH=(--api-key "$API_KEY")
 fi
 
+if [ -n "$WEBHOOK" ]; then
+  ADMIN_KEY=$("$BIN" keys create --name bench-admin --scopes admin 2>>"$OUT/api-1.log")
+  curl -fsS -o /dev/null -H 'Content-Type: application/json' -H "Authorization: Bearer $ADMIN_KEY" \
+    -d "{\"url\": \"http://127.0.0.1:$HOOK_PORT/hook\", \"events\": [\"message.sent\"]}" \
+    "http://127.0.0.1:$PORT/v1/webhooks" || { log "could not subscribe the webhook receiver"; exit 1; }
+fi
+
 if [ "$MODE" = batch ]; then
   code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
     -H "Authorization: Bearer ${API_KEY:-}" \
@@ -228,6 +260,14 @@ log "postwire-bench: $COUNT messages, $MODE mode, $CONCURRENCY clients, $APIS AP
 "$BENCH_BIN" --database-url "$DB_URL" --mode "$MODE" \
   --count "$COUNT" --concurrency "$CONCURRENCY" --batch-size "$BATCH" --size "$SIZE" \
   "${AUTH[@]}" "${API_ARGS[@]}" "${WORKER_ARGS[@]}" --json-out "$OUT/postwire.json" | tee "$OUT/postwire.txt"
+if [ -n "$WEBHOOK" ]; then
+  # The webhooks lag the deliveries a little: wait until the backlog is gone.
+  for _ in $(seq 1 600); do
+    [ "$(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'" "$DB")" = 0 ] && break
+    sleep 0.5
+  done
+  log "webhooks: $(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'" "$DB") delivered, receiver counted $(cat "$OUT/webhooks.count" 2>/dev/null || echo '?') (every 100th)"
+fi
 stop_postwire
 SINK_AFTER=$(sink_count)
 [ -n "$SINK_BEFORE" ] && [ -n "$SINK_AFTER" ] &&

@@ -480,7 +480,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("amqp.urls"),
+                    .with_list_parse_key("amqp.urls")
+                    .with_list_parse_key("webhooks.retry"),
             );
         let raw = builder
             .build()

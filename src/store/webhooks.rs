@@ -220,58 +220,91 @@ impl Store {
         .await
     }
 
-    /// Records one try of delivery `id` to `endpoint`: the attempt, the delivery's new
-    /// state, the endpoint's health (and disables it when `outcome.disable` says so).
-    pub async fn record_webhook_try(
+    /// Records the tries of a round, `(delivery, endpoint, outcome)`, in one
+    /// transaction: the attempts, the deliveries' new states, the endpoints' health
+    /// (written only when it changes: every try touching the endpoint's row would make
+    /// concurrent tries wait for each other), and the endpoints to disable.
+    pub async fn record_webhook_tries(
         &self,
-        id: Uuid,
-        endpoint: Uuid,
-        outcome: &WebhookTry,
+        tries: &[(Uuid, Uuid, WebhookTry)],
     ) -> Result<(), sqlx::Error> {
+        let ids: Vec<Uuid> = tries.iter().map(|t| t.0).collect();
+        let endpoints: Vec<Uuid> = tries.iter().map(|t| t.1).collect();
+        let statuses: Vec<Option<i32>> = tries
+            .iter()
+            .map(|t| t.2.http_status.map(i32::from))
+            .collect();
+        let errors: Vec<Option<&str>> = tries.iter().map(|t| t.2.error.as_deref()).collect();
+        let millis: Vec<i32> = tries
+            .iter()
+            .map(|t| i32::try_from(t.2.duration.as_millis()).unwrap_or(i32::MAX))
+            .collect();
+        let succeeded: Vec<bool> = tries.iter().map(|t| t.2.succeeded).collect();
+        let states: Vec<&str> = tries
+            .iter()
+            .map(|t| match (t.2.succeeded, t.2.retry_in) {
+                (true, _) => "delivered",
+                (false, Some(_)) => "pending",
+                (false, None) => "failed",
+            })
+            .collect();
+        let retry_secs: Vec<f64> = tries
+            .iter()
+            .map(|t| t.2.retry_in.unwrap_or_default().as_secs_f64())
+            .collect();
         let mut tx = self.pool.begin().await?;
-        let millis = i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX);
-        let status = outcome.http_status.map(i32::from);
         sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH t AS (
+                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int4[],
+                                     $6::bool[], $7::text[], $8::float8[])
+                    AS t(id, endpoint, status, error, millis, succeeded, state, retry)),
+             attempts AS (
+                INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
+                SELECT id, endpoint, status, error, millis, succeeded FROM t)
+             UPDATE webhook_deliveries d
+                SET state = t.state, tries = d.tries + 1, last_status = t.status,
+                    last_error = t.error, due_at = now() + make_interval(secs => t.retry),
+                    delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
+               FROM t WHERE d.id = t.id",
         )
-        .bind(id)
-        .bind(endpoint)
-        .bind(status)
-        .bind(&outcome.error)
-        .bind(millis)
-        .bind(outcome.succeeded)
+        .bind(&ids)
+        .bind(&endpoints)
+        .bind(&statuses)
+        .bind(&errors)
+        .bind(&millis)
+        .bind(&succeeded)
+        .bind(&states)
+        .bind(&retry_secs)
         .execute(&mut *tx)
         .await?;
-        let state = match (outcome.succeeded, outcome.retry_in) {
-            (true, _) => "delivered",
-            (false, Some(_)) => "pending",
-            (false, None) => "failed",
-        };
+        let failing: Vec<Uuid> = tries
+            .iter()
+            .filter(|t| !t.2.succeeded)
+            .map(|t| t.1)
+            .collect();
+        let healthy: Vec<Uuid> = tries
+            .iter()
+            .filter(|t| t.2.succeeded)
+            .map(|t| t.1)
+            .collect();
         sqlx::query(
-            "UPDATE webhook_deliveries
-                SET state = $2, tries = tries + 1, last_status = $3, last_error = $4,
-                    due_at = now() + make_interval(secs => $5),
-                    delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
-              WHERE id = $1",
+            "UPDATE webhook_endpoints SET failing_since = now()
+              WHERE id = ANY($1) AND failing_since IS NULL",
         )
-        .bind(id)
-        .bind(state)
-        .bind(status)
-        .bind(&outcome.error)
-        .bind(outcome.retry_in.unwrap_or_default().as_secs_f64())
+        .bind(&failing)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE webhook_endpoints
-                SET failing_since = CASE WHEN $2 THEN NULL ELSE COALESCE(failing_since, now()) END
-              WHERE id = $1",
+            "UPDATE webhook_endpoints SET failing_since = NULL
+              WHERE id = ANY($1) AND failing_since IS NOT NULL",
         )
-        .bind(endpoint)
-        .bind(outcome.succeeded)
+        .bind(&healthy)
         .execute(&mut *tx)
         .await?;
-        if let Some(reason) = &outcome.disable {
+        for (_, endpoint, outcome) in tries {
+            let Some(reason) = &outcome.disable else {
+                continue;
+            };
             sqlx::query(
                 "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $2, updated_at = now()
                   WHERE id = $1 AND disabled_at IS NULL",
@@ -280,7 +313,7 @@ impl Store {
             .bind(reason)
             .execute(&mut *tx)
             .await?;
-            fail_pending(&mut tx, endpoint, reason).await?;
+            fail_pending(&mut tx, *endpoint, reason).await?;
         }
         tx.commit().await
     }

@@ -30,6 +30,8 @@ use crate::store::{DueWebhook, MessageRecord, Store, WebhookRow, WebhookTry};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Deliveries taken per round.
 const BATCH: i64 = 64;
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Turns a stored message into the `data` of a webhook: the same fields as
 /// `GET /v1/messages/{id}` (the API's view, handed in by whoever wires the process).
@@ -44,6 +46,8 @@ pub struct Dispatcher {
     render: Render,
     /// Requests in flight per endpoint.
     in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// When the backlog was last counted.
+    counted: Mutex<Option<Instant>>,
 }
 
 impl Dispatcher {
@@ -72,6 +76,7 @@ impl Dispatcher {
             settings,
             render,
             in_flight: Mutex::new(HashMap::new()),
+            counted: Mutex::new(None),
         })
     }
 
@@ -101,11 +106,9 @@ impl Dispatcher {
     async fn round(&self) -> Result<usize, sqlx::Error> {
         // Held for longer than one try can take, so that no other process takes it
         // while this one still might send it.
-        let lease = self.settings.timeout * 2 + Duration::from_secs(30);
+        let lease = self.settings.timeout * 2 + Duration::from_secs(5);
         let due = self.store.take_due_webhooks(BATCH, lease).await?;
-        if let Ok(pending) = self.store.pending_webhooks().await {
-            crate::metrics::webhook_backlog(pending);
-        }
+        self.count_backlog().await;
         if due.is_empty() {
             return Ok(0);
         }
@@ -124,12 +127,31 @@ impl Dispatcher {
             let endpoint = endpoints.get(&d.endpoint_id)?;
             Some(self.deliver(d, endpoint))
         });
-        futures_util::future::join_all(sends).await;
+        let tries = futures_util::future::join_all(sends).await;
+        if let Err(e) = self.store.record_webhook_tries(&tries).await {
+            // The leases run out and the deliveries are tried again: at least once.
+            tracing::warn!(error = %e, deliveries = tries.len(), "could not record webhook tries");
+        }
         Ok(taken)
     }
 
-    /// One try of one delivery, recorded.
-    async fn deliver(&self, due: DueWebhook, endpoint: &WebhookRow) {
+    /// Sets the backlog gauge, at most every few seconds: a count over a long backlog
+    /// is not free, and it is only a gauge.
+    async fn count_backlog(&self) {
+        {
+            let mut last = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Ok(pending) = self.store.pending_webhooks().await {
+            crate::metrics::webhook_backlog(pending);
+        }
+    }
+
+    /// One try of one delivery: `(delivery, endpoint, outcome)`, to be recorded.
+    async fn deliver(&self, due: DueWebhook, endpoint: &WebhookRow) -> (Uuid, Uuid, WebhookTry) {
         let slot = self.slot(endpoint.id);
         let _permit = slot.acquire().await;
         let started = Instant::now();
@@ -155,14 +177,7 @@ impl Dispatcher {
             result,
             "webhook"
         );
-        if let Err(e) = self
-            .store
-            .record_webhook_try(due.id, endpoint.id, &outcome)
-            .await
-        {
-            // The lease runs out and the delivery is tried again: at least once.
-            tracing::warn!(message_id = %due.message_id, webhook_id = %due.id, error = %e, "could not record a webhook try");
-        }
+        (due.id, endpoint.id, outcome)
     }
 
     fn slot(&self, endpoint: Uuid) -> Arc<Semaphore> {

@@ -456,3 +456,195 @@ async fn endpoints_inside_the_network_are_refused_unless_allowed() {
         .await;
     assert_eq!(response.status(), 400);
 }
+
+/// Webhook settings for `postwire` processes of this build, as `quick_webhooks`.
+const PROCESS_WEBHOOKS: &[(&str, &str)] = &[
+    ("POSTWIRE__WEBHOOKS__ALLOW_HTTP", "true"),
+    ("POSTWIRE__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+    ("POSTWIRE__WEBHOOKS__POLL_INTERVAL", "100ms"),
+    ("POSTWIRE__WEBHOOKS__TIMEOUT", "2s"),
+    ("POSTWIRE__WEBHOOKS__RETRY", "300ms,300ms,300ms,300ms,300ms"),
+];
+
+/// Killed with the test, whatever happens.
+struct Killed(Vec<std::process::Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_and_api_processes_killed_mid_delivery_lose_no_webhook() {
+    const MESSAGES: usize = 30;
+    // The in-process API sends nothing itself (its first look is before anything is
+    // due, its next an hour later): the processes below do all the delivering.
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    subscribe(&app, &receiver, &["message.sent"]).await;
+    // Slow answers: requests are in flight when the processes die.
+    receiver.set_delay(Duration::from_millis(700));
+    let start_worker = || {
+        let mut worker = app.process("worker");
+        worker.envs(PROCESS_WEBHOOKS.iter().copied());
+        worker.spawn().expect("start a worker process")
+    };
+    let mut processes = Killed(vec![start_worker()]);
+    let api = app.api_process(PROCESS_WEBHOOKS).await;
+
+    let mut ids = BTreeSet::new();
+    for i in 0..MESSAGES {
+        ids.insert(
+            app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("k{i}"), "Body": "x"}))
+                .await,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.count() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no webhook came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL both, mid-request, then fresh ones take over.
+    processes.0[0].kill().unwrap();
+    let _ = processes.0[0].wait();
+    drop(api);
+    let killed_at = receiver.count();
+    receiver.set_delay(Duration::ZERO);
+    processes.0.push(start_worker());
+    let _api = app.api_process(PROCESS_WEBHOOKS).await;
+
+    // Every message sent, and its event delivered: at least once, always under the
+    // same webhook-id.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let by_message = loop {
+        let mut by_message: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in receiver.verified_events() {
+            let message = r.json.as_ref().unwrap()["data"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            by_message.entry(message).or_default().insert(r.id.clone());
+        }
+        if by_message.len() == MESSAGES {
+            break by_message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {MESSAGES} messages' webhooks delivered after the kill",
+            by_message.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(by_message.keys().cloned().collect::<BTreeSet<_>>(), ids);
+    for (message, webhook_ids) in &by_message {
+        assert_eq!(webhook_ids.len(), 1, "{message} told of under several ids");
+    }
+    let received = receiver.received().len();
+    eprintln!(
+        "{MESSAGES} events; {killed_at} requests before the kill, {received} in all (repeats after the kill are the at-least-once window)"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_neither_sees_nor_hears_of_another_tenants_webhooks() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let ours = subscribe(&app, &receiver, &["message.sent"]).await;
+    let id = ours["id"].as_str().unwrap();
+    let globex = app
+        .producer(
+            "globex",
+            &[
+                postwire::keys::Scope::Admin,
+                postwire::keys::Scope::Send,
+                postwire::keys::Scope::Read,
+            ],
+        )
+        .await;
+    let theirs: Value = globex.get("/v1/webhooks").await.json().await.unwrap();
+    assert!(
+        theirs["webhooks"].as_array().unwrap().is_empty(),
+        "{theirs}"
+    );
+    for path in [
+        format!("/v1/webhooks/{id}"),
+        format!("/v1/webhooks/{id}/attempts"),
+    ] {
+        assert_eq!(globex.get(&path).await.status(), 404, "{path}");
+    }
+    let response = globex
+        .post(&format!("/v1/webhooks/{id}/rotate-secret"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 404);
+    // Their mail is not told to our endpoint.
+    let theirs = globex
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "globex", "Body": "x"}))
+        .await;
+    globex.wait_until_terminal(&theirs).await;
+    let ours_sent = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "acme", "Body": "x"}))
+        .await;
+    let got = wait_for_events(&receiver, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(
+        got[0].json.as_ref().unwrap()["data"]["id"],
+        ours_sent.as_str()
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_longer_than_disable_after_is_disabled_with_the_reason() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.retry = vec![Duration::from_millis(300); 20];
+        s.webhooks.disable_after = Duration::from_secs(1);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let id = endpoint["id"].as_str().unwrap();
+    // Down (the connection dropped without an answer) the whole time.
+    receiver.set_down(true);
+    app.send_ok(&json!({"To": "ann@example.com", "Subject": "x", "Body": "x"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let view: Value = app
+            .get(&format!("/v1/webhooks/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !view["disabled_at"].is_null() {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not disabled: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = view["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("failing without a success"), "{reason}");
+    assert!(!view["failing_since"].is_null());
+    let attempts: Value = app
+        .get(&format!("/v1/webhooks/{id}/attempts"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let attempts = attempts["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 3, "{attempts:?}");
+    assert!(attempts
+        .iter()
+        .all(|a| a["http_status"].is_null() && a["succeeded"] == false));
+}
