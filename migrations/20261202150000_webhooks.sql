@@ -45,10 +45,13 @@ CREATE TABLE webhook_deliveries (
                     CHECK (state IN ('pending', 'delivered', 'failed')),
     tries           integer     NOT NULL DEFAULT 0,
     due_at          timestamptz NOT NULL DEFAULT now(),
+    -- taken by a dispatcher until then (not indexed, so that taking a row is a HOT
+    -- update: no index is written)
+    leased_until    timestamptz,
     last_status     integer,
     last_error      text,
     delivered_at    timestamptz
-);
+) WITH (fillfactor = 70); -- room on each page for the HOT update of the lease
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (due_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint_idx ON webhook_deliveries (endpoint_id, occurred_at);
 

@@ -13,8 +13,8 @@
 #    build has them, runs `postwire-bench` (crates/bench) against them and stops them.
 #    --cluster puts the queues on the 3-node RabbitMQ cluster of scripts/cluster.sh
 #    (started if needed; quorum queues) instead of the machine's single node.
-#    --webhook subscribes one endpoint to message.sent (a local HTTP receiver that
-#    answers 204) and reports how many webhooks it got.
+#    --webhook subscribes one endpoint to message.sent (postwire-webhook-sink of
+#    crates/bench, answering 204) and reports how many webhooks it got.
 #    Only one run at a time (lock /tmp/postwire-bench.lock).
 # 2. Postfix: the same number of equal-sized messages through a separate Postfix
 #    instance (its own config, queue and data directories under $PF_ROOT) listening on
@@ -179,22 +179,8 @@ unset RUST_LOG
 if [ -n "$WEBHOOK" ]; then
   # The receiver is local: postwire must be allowed to post to it over http.
   export POSTWIRE__WEBHOOKS__ALLOW_HTTP=true POSTWIRE__WEBHOOKS__ALLOW_PRIVATE_TARGETS=true
-  python3 - "$HOOK_PORT" "$OUT/webhooks.count" 9>&- <<'PY' &
-import http.server, sys, threading
-count, lock = 0, threading.Lock()
-class Receiver(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
-    def do_POST(self):
-        global count
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(204); self.send_header("content-length", "0"); self.end_headers()
-        with lock:
-            count += 1
-            if count % 100 == 0 or count < 100:
-                open(sys.argv[2], "w").write(str(count))
-    def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
-PY
+  "${CARGO_TARGET_DIR:-target}/release/postwire-webhook-sink" "127.0.0.1:$HOOK_PORT" \
+    --count-file "$OUT/webhooks.count" 9>&- &
   HOOK_PID=$!
 fi
 if [ -n "$CLUSTER" ]; then
@@ -266,7 +252,7 @@ if [ -n "$WEBHOOK" ]; then
     [ "$(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'" "$DB")" = 0 ] && break
     sleep 0.5
   done
-  log "webhooks: $(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'" "$DB") delivered, receiver counted $(cat "$OUT/webhooks.count" 2>/dev/null || echo '?') (every 100th)"
+  log "webhooks: $(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'" "$DB") delivered, receiver counted $(sleep 1.2; cat "$OUT/webhooks.count" 2>/dev/null || echo '?')"
 fi
 stop_postwire
 SINK_AFTER=$(sink_count)

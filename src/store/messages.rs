@@ -304,6 +304,16 @@ impl Store {
         })
     }
 
+    /// Messages by id (a webhook round's), whoever's.
+    pub async fn get_messages(&self, ids: &[Uuid]) -> Result<Vec<MessageRecord>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// One message by id, if the caller sees it.
     pub async fn get_message(
         &self,

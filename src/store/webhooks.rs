@@ -196,7 +196,7 @@ impl Store {
     }
 
     /// Takes up to `limit` due deliveries of enabled endpoints for this process: each
-    /// is pushed `lease` into the future, so that a process that dies holding it
+    /// is leased for `lease` (a HOT update: the lease is not indexed), so that a process that dies holding it
     /// leaves it to be taken again then.
     pub async fn take_due_webhooks(
         &self,
@@ -204,11 +204,13 @@ impl Store {
         lease: Duration,
     ) -> Result<Vec<DueWebhook>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE webhook_deliveries d SET due_at = now() + make_interval(secs => $2)
+            "UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $2)
               WHERE d.id IN (
                     SELECT d2.id FROM webhook_deliveries d2
                       JOIN webhook_endpoints e ON e.id = d2.endpoint_id
-                     WHERE d2.state = 'pending' AND d2.due_at <= now() AND e.disabled_at IS NULL
+                     WHERE d2.state = 'pending' AND d2.due_at <= now()
+                       AND (d2.leased_until IS NULL OR d2.leased_until <= now())
+                       AND e.disabled_at IS NULL
                      ORDER BY d2.due_at LIMIT $1
                        FOR UPDATE OF d2 SKIP LOCKED)
           RETURNING d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
@@ -264,6 +266,7 @@ impl Store {
              UPDATE webhook_deliveries d
                 SET state = t.state, tries = d.tries + 1, last_status = t.status,
                     last_error = t.error, due_at = now() + make_interval(secs => t.retry),
+                    leased_until = NULL,
                     delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
                FROM t WHERE d.id = t.id",
         )
@@ -355,7 +358,8 @@ impl Store {
         since: DateTime<Utc>,
     ) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE webhook_deliveries SET state = 'pending', tries = 0, due_at = now()
+            "UPDATE webhook_deliveries
+                SET state = 'pending', tries = 0, due_at = now(), leased_until = NULL
               WHERE endpoint_id = $1 AND state = 'failed' AND occurred_at >= $2",
         )
         .bind(endpoint)

@@ -122,10 +122,22 @@ impl Dispatcher {
             .into_iter()
             .map(|e| (e.id, e))
             .collect();
+        // The messages the events tell of, in one query for the round.
+        let mut message_ids: Vec<Uuid> = due.iter().map(|d| d.message_id).collect();
+        message_ids.sort();
+        message_ids.dedup();
+        let messages: HashMap<Uuid, MessageRecord> = self
+            .store
+            .get_messages(&message_ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
         let taken = due.len();
         let sends = due.into_iter().filter_map(|d| {
             let endpoint = endpoints.get(&d.endpoint_id)?;
-            Some(self.deliver(d, endpoint))
+            let message = messages.get(&d.message_id).cloned();
+            Some(self.deliver(d, endpoint, message))
         });
         let tries = futures_util::future::join_all(sends).await;
         if let Err(e) = self.store.record_webhook_tries(&tries).await {
@@ -151,11 +163,16 @@ impl Dispatcher {
     }
 
     /// One try of one delivery: `(delivery, endpoint, outcome)`, to be recorded.
-    async fn deliver(&self, due: DueWebhook, endpoint: &WebhookRow) -> (Uuid, Uuid, WebhookTry) {
+    async fn deliver(
+        &self,
+        due: DueWebhook,
+        endpoint: &WebhookRow,
+        message: Option<MessageRecord>,
+    ) -> (Uuid, Uuid, WebhookTry) {
         let slot = self.slot(endpoint.id);
         let _permit = slot.acquire().await;
         let started = Instant::now();
-        let answer = self.post(&due, endpoint).await;
+        let answer = self.post(&due, endpoint, message).await;
         let outcome = self.judge(&due, endpoint, answer, started.elapsed());
         let result = if outcome.succeeded {
             "delivered"
@@ -193,14 +210,19 @@ impl Dispatcher {
     }
 
     /// Sends the request: the endpoint's HTTP status, or why there was none.
-    async fn post(&self, due: &DueWebhook, endpoint: &WebhookRow) -> Result<u16, String> {
+    async fn post(
+        &self,
+        due: &DueWebhook,
+        endpoint: &WebhookRow,
+        message: Option<MessageRecord>,
+    ) -> Result<u16, String> {
         let url = url::Url::parse(&endpoint.url).map_err(|e| format!("bad URL: {e}"))?;
         if !self.settings.allow_private_targets {
             if let Some(why) = target::refuse_literal(&url) {
                 return Err(why);
             }
         }
-        let body = self.body(due).await.map_err(|e| format!("{e:#}"))?;
+        let body = self.body(due, message).map_err(|e| format!("{e:#}"))?;
         let timestamp = Utc::now().timestamp();
         let id = due.id.to_string();
         let signature = self
@@ -261,8 +283,8 @@ impl Dispatcher {
 
     /// `{"type", "timestamp", "data"}`: `data` is the message as `GET` shows it, with
     /// its state as it was at the event.
-    async fn body(&self, due: &DueWebhook) -> anyhow::Result<Vec<u8>> {
-        let data = match self.store.get_message(due.message_id, None).await? {
+    fn body(&self, due: &DueWebhook, message: Option<MessageRecord>) -> anyhow::Result<Vec<u8>> {
+        let data = match message {
             Some(mut m) => {
                 if let Ok(status) = due.status.parse() {
                     m.status = status;
