@@ -300,14 +300,21 @@ async fn a_550_reply_fails_the_message_after_one_attempt() {
     assert!(app.smtp.received().is_empty());
 
     let events = app.events(&id).await;
-    let kinds: Vec<&str> = events["events"]
+    // A loaded machine may hold a message back once before its attempt (the worker's
+    // heartbeat late, a session slot not yet free): such a deferral spends no attempt
+    // and carries no attempt number. Everything else is the one attempt and its end.
+    let (held, events): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = events["events"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["accepted", "attempt", "failed"]);
-    assert_eq!(events["events"][1]["reply"]["code"], 550);
+        .partition(|e| e["type"] == "deferred" && e["attempt"].is_null());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["accepted", "attempt", "failed"],
+        "held back: {held:?}"
+    );
+    assert_eq!(events[1]["reply"]["code"], 550);
 }
 
 #[tokio::test]
