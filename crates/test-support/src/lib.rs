@@ -356,11 +356,24 @@ impl TestApp {
         }
     }
 
-    /// The types of a message's events, in order.
-    pub async fn event_types(&self, id: &str) -> Vec<String> {
+    /// A message's events in order, without the deferrals that spent no attempt: a
+    /// loaded machine may hold a message back before an attempt (its worker's
+    /// heartbeat late, a session slot not yet free), which is not what tests of the
+    /// attempts themselves look at.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
         self.events(id).await["events"]
             .as_array()
             .expect("events")
+            .iter()
+            .filter(|e| !(e["type"] == "deferred" && e["attempt"].is_null()))
+            .cloned()
+            .collect()
+    }
+
+    /// The types of a message's [`history`](Self::history), in order.
+    pub async fn event_types(&self, id: &str) -> Vec<String> {
+        self.history(id)
+            .await
             .iter()
             .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
             .collect()
