@@ -8,8 +8,6 @@
 
 mod target;
 
-pub use target::is_public;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,9 +110,7 @@ impl Dispatcher {
         if due.is_empty() {
             return Ok(0);
         }
-        let mut ids: Vec<Uuid> = due.iter().map(|d| d.endpoint_id).collect();
-        ids.sort();
-        ids.dedup();
+        let ids = distinct(due.iter().map(|d| d.endpoint_id));
         let endpoints: HashMap<Uuid, WebhookRow> = self
             .store
             .webhooks_by_id(&ids)
@@ -123,9 +119,7 @@ impl Dispatcher {
             .map(|e| (e.id, e))
             .collect();
         // The messages the events tell of, in one query for the round.
-        let mut message_ids: Vec<Uuid> = due.iter().map(|d| d.message_id).collect();
-        message_ids.sort();
-        message_ids.dedup();
+        let message_ids = distinct(due.iter().map(|d| d.message_id));
         let messages: HashMap<Uuid, MessageRecord> = self
             .store
             .get_messages(&message_ids)
@@ -361,6 +355,14 @@ impl Dispatcher {
             .and_then(|tries| self.settings.retry.get(tries).copied());
         outcome
     }
+}
+
+/// The ids, each once.
+fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = ids.collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// A request error with its causes (connect refused, DNS refused by the guard...).

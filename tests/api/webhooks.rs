@@ -60,6 +60,27 @@ fn relay() -> Script {
     })
 }
 
+/// The endpoint's view once postwire has disabled it (within 20 s).
+async fn wait_until_disabled(app: &TestApp, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let view: Value = app
+            .get(&format!("/v1/webhooks/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !view["disabled_at"].is_null() {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not disabled: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_for_events(receiver: &WebhookReceiver, n: usize) -> Vec<helpers::WebhookRequest> {
     receiver.wait_for(n, Duration::from_secs(30)).await
 }
@@ -306,23 +327,7 @@ async fn a_410_disables_the_endpoint_and_its_admin_sees_why() {
         .send_ok(&json!({"To": "ann@example.com", "Subject": "one", "Body": "x"}))
         .await;
     app.wait_until_terminal(&first).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let view = loop {
-        let view: Value = app
-            .get(&format!("/v1/webhooks/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if !view["disabled_at"].is_null() {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not disabled: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let view = wait_until_disabled(&app, id).await;
     assert!(view["disabled_reason"].as_str().unwrap().contains("410"));
     let second = app
         .send_ok(&json!({"To": "ann@example.com", "Subject": "two", "Body": "x"}))
@@ -616,23 +621,7 @@ async fn an_endpoint_failing_longer_than_disable_after_is_disabled_with_the_reas
     receiver.set_down(true);
     app.send_ok(&json!({"To": "ann@example.com", "Subject": "x", "Body": "x"}))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let view = loop {
-        let view: Value = app
-            .get(&format!("/v1/webhooks/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if !view["disabled_at"].is_null() {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not disabled: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let view = wait_until_disabled(&app, id).await;
     let reason = view["disabled_reason"].as_str().unwrap();
     assert!(reason.contains("failing without a success"), "{reason}");
     assert!(!view["failing_since"].is_null());
