@@ -351,10 +351,9 @@ pub struct WebhookSettings {
     /// An endpoint failing this long without a success is disabled.
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
-    /// How often each process looks for due deliveries (they are also taken at once
-    /// after a status change in the same process).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
+    /// Deliveries in flight at once per worker process (the prefetch of the webhook
+    /// queue); 0: this process delivers no webhooks.
+    pub concurrency: u16,
     /// Requests in flight at once to one endpoint, per process.
     pub per_endpoint_concurrency: usize,
     /// After a secret rotation the old secret signs too for this long.
@@ -388,7 +387,7 @@ impl Default for WebhookSettings {
                 h(10),
             ],
             disable_after: h(5 * 24),
-            poll_interval: Duration::from_secs(1),
+            concurrency: 256,
             per_endpoint_concurrency: 4,
             rotation_overlap: h(24),
         }

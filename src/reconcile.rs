@@ -11,6 +11,9 @@
 //! design: a job whose message is not claimable (sent, being sent, not yet due) does
 //! nothing. A lost queue therefore delays mail by at most grace + interval.
 //!
+//! Webhook deliveries likewise: one pending and due more than `reconcile.grace` ago
+//! has lost its job (or never had one published) and gets a new one.
+//!
 //! Right after an outage every heartbeat is old, and live workers would look dead: the
 //! reconciler takes over `sending` messages only once it has reached PostgreSQL
 //! without a break for `presumed_dead_after`, time for live workers to heartbeat
@@ -59,7 +62,22 @@ pub async fn run(
             Err(e) => {
                 reachable_since = None;
                 tracing::warn!(error = %e, "reconciler pass failed; PostgreSQL unavailable?");
+                continue;
             }
+        }
+        match store
+            .overdue_webhooks(settings.grace, i64::from(settings.batch))
+            .await
+        {
+            Ok(ids) if !ids.is_empty() => {
+                let published = publisher.publish_webhooks(&ids).await;
+                for id in &published.ok {
+                    crate::metrics::reconciled("webhook");
+                    tracing::info!(webhook_id = %id, "reconciler: webhook job republished");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciler: could not look for overdue webhooks"),
         }
     }
 }

@@ -72,7 +72,7 @@ impl Application {
             })?;
             let publisher = Arc::new(Publisher::new(
                 settings.amqp.clone(),
-                Topology::new(&settings.amqp, &settings.retry),
+                Topology::of(&settings),
                 "postwire-api",
             ));
             let state = AppState::new(
@@ -94,6 +94,7 @@ impl Application {
                 settings.amqp.clone(),
                 settings.worker.clone(),
                 settings.retry.clone(),
+                Topology::of(&settings),
             )))
         } else {
             None
@@ -129,7 +130,7 @@ impl Application {
             Some((_, _, publisher, _)) => publisher.clone(),
             None => Arc::new(Publisher::new(
                 self.settings.amqp.clone(),
-                Topology::new(&self.settings.amqp, &self.settings.retry),
+                Topology::of(&self.settings),
                 "postwire-reconciler",
             )),
         };
@@ -140,16 +141,6 @@ impl Application {
             self.settings.worker.presumed_dead_after,
             shutdown.clone(),
         ));
-        // Webhooks go out from every process; SKIP LOCKED shares the work.
-        let dispatcher = crate::webhooks::Dispatcher::new(
-            self.store.clone(),
-            Arc::new(self.settings.cipher()?),
-            self.settings.webhooks.clone(),
-            |message| {
-                serde_json::to_value(api::messages::MessageView::from(message)).unwrap_or_default()
-            },
-        )?;
-        tasks.spawn(Arc::new(dispatcher).run(shutdown.clone()));
         if let Some((listener, router, publisher, store)) = self.api {
             tasks.spawn(crate::accept::outbox::run(
                 store,
@@ -168,6 +159,19 @@ impl Application {
         }
         if let Some(worker) = self.worker {
             tasks.spawn(worker.run(shutdown.clone()));
+            // Webhooks go out from the worker processes, which share their queue.
+            let dispatcher = crate::webhooks::Dispatcher::new(
+                self.store.clone(),
+                Arc::new(self.settings.cipher()?),
+                self.settings.webhooks.clone(),
+                self.settings.amqp.clone(),
+                Topology::of(&self.settings),
+                |message| {
+                    serde_json::to_value(api::messages::MessageView::from(message))
+                        .unwrap_or_default()
+                },
+            )?;
+            tasks.spawn(Arc::new(dispatcher).run(shutdown.clone()));
             if let (None, Some(address)) = (api_port, &self.settings.worker.metrics_listen) {
                 let listener = TcpListener::bind(address)
                     .await

@@ -4,14 +4,9 @@
 //! delay queue, dead-letter), and keeps this worker's heartbeat in PostgreSQL.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
-use futures_util::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -19,9 +14,13 @@ use uuid::Uuid;
 use crate::config::{AmqpSettings, RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::delivery::{Deliverer, Next};
-use crate::queue::{Job, Publisher, Topology};
+use crate::queue::{Consumer, Job, Publisher, Topology};
 use crate::smtp::{Mailer, SessionLeases};
 use crate::store::Store;
+
+/// Webhook deliveries written with outcomes, waiting to be published; when this many
+/// batches wait (the broker is down), further ones are left to the reconciler.
+const WEBHOOK_BACKLOG: usize = 1024;
 
 /// One worker process's consumer; shared by its delivery tasks.
 pub struct Worker {
@@ -29,10 +28,12 @@ pub struct Worker {
     host: String,
     store: Store,
     deliverer: Deliverer,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
     amqp: AmqpSettings,
-    topology: Topology,
+    consumer: Consumer,
     settings: WorkerSettings,
+    /// Webhook deliveries written by the outcomes, to publish.
+    webhooks: std::sync::Mutex<Option<mpsc::Receiver<Vec<Uuid>>>>,
 }
 
 impl Worker {
@@ -43,9 +44,10 @@ impl Worker {
         amqp: AmqpSettings,
         settings: WorkerSettings,
         retry: RetrySettings,
+        topology: Topology,
     ) -> Worker {
-        let topology = Topology::new(&amqp, &retry);
         let id = Uuid::now_v7();
+        let (webhooks, written) = mpsc::channel(WEBHOOK_BACKLOG);
         Worker {
             id,
             host: hostname(),
@@ -61,12 +63,25 @@ impl Worker {
                 )),
                 settings.clone(),
                 retry,
+                webhooks,
             ),
-            publisher: Publisher::new(amqp.clone(), topology.clone(), "postwire-worker"),
+            publisher: Arc::new(Publisher::new(
+                amqp.clone(),
+                topology.clone(),
+                "postwire-worker",
+            )),
+            consumer: Consumer {
+                amqp: amqp.clone(),
+                queue: topology.deliver.clone(),
+                topology,
+                prefetch: settings.concurrency,
+                name: "postwire-worker",
+                drain: settings.shutdown_timeout,
+            },
             store,
             amqp,
-            topology,
             settings,
+            webhooks: std::sync::Mutex::new(Some(written)),
         }
     }
 
@@ -81,20 +96,32 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeats(shutdown.clone()));
         tracing::info!(worker_id = %self.id, "worker starting");
 
-        let slots = Arc::new(Semaphore::new(usize::from(self.settings.concurrency)));
-        let mut backoff = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            match self.consume(&slots, &shutdown).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "consumer stopped; reconnecting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        let consumed = CancellationToken::new();
+        let announcer = self
+            .webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|written| {
+                tokio::spawn(announce(
+                    self.publisher.clone(),
+                    written,
+                    consumed.clone(),
+                ))
+            });
+        let worker = self.clone();
+        let token = shutdown.clone();
+        self.consumer
+            .run(&shutdown, move |delivery| {
+                let worker = worker.clone();
+                let token = token.clone();
+                async move { worker.handle(delivery, &token).await }
+            })
+            .await;
+        // The deliveries' last outcomes are recorded: their webhooks go out too.
+        consumed.cancel();
+        if let Some(announcer) = announcer {
+            let _ = tokio::time::timeout(self.amqp.timeout * 2, announcer).await;
         }
         heartbeat.abort();
         self.deliverer.close().await;
@@ -126,75 +153,6 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }
-    }
-
-    async fn consume(
-        self: &Arc<Self>,
-        slots: &Arc<Semaphore>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let conn = crate::queue::connect(&self.amqp, "postwire-worker").await?;
-        let channel = conn.create_channel().await.context("opening a channel")?;
-        self.topology.declare(&channel).await?;
-        channel
-            .basic_qos(self.settings.concurrency, BasicQosOptions::default())
-            .await
-            .context("setting the prefetch")?;
-        let mut consumer = channel
-            .basic_consume(
-                self.topology.deliver.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming from {}", self.topology.deliver))?;
-        tracing::info!(queue = %self.topology.deliver, concurrency = self.settings.concurrency, "worker consuming");
-
-        let result = loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => break Ok(()),
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving from RabbitMQ")),
-                None => break Err(anyhow::anyhow!("the RabbitMQ consumer was cancelled")),
-            };
-            let slot = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .context("worker slots closed")?;
-            let worker = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                worker.handle(delivery, &shutdown).await;
-                drop(slot);
-            });
-        };
-
-        // Stop receiving; in-flight deliveries keep the channel until they ack, then
-        // closing it hands anything unacknowledged back to RabbitMQ.
-        let _ = channel
-            .basic_cancel(consumer.tag(), Default::default())
-            .await;
-        let all = u32::from(self.settings.concurrency);
-        let grace = if shutdown.is_cancelled() {
-            self.settings.shutdown_timeout
-        } else {
-            Duration::ZERO
-        };
-        match tokio::time::timeout(grace, slots.acquire_many(all)).await {
-            Ok(Ok(permits)) => drop(permits),
-            _ if shutdown.is_cancelled() => tracing::warn!(
-                "deliveries still running after worker.shutdown_timeout; RabbitMQ will redeliver them"
-            ),
-            _ => {}
-        }
-        let _ = channel.close(200, "worker stopping".into()).await;
-        let _ = conn.close(200, "worker stopping".into()).await;
-        result
     }
 
     /// Handles one queue message. It is acknowledged only once its consequence is
@@ -235,7 +193,8 @@ impl Worker {
                 // Acknowledged only once the message is failed for good: if that
                 // cannot be written now, the job comes back.
                 match self.deliverer.give_up(job.id, &reason).await {
-                    Ok(()) => {
+                    Ok(webhooks) => {
+                        self.publisher.publish_webhooks(&webhooks).await;
                         tracing::error!(parent: &span, reason = %reason, "cannot be processed; dead-lettered and failed");
                         self.publisher.dead_letter(&job, &reason).await
                     }
@@ -249,36 +208,25 @@ impl Worker {
         self.settle(&delivery, settled).await;
     }
 
-    /// Acks when the follow-up is durable, else requeues after a pause (so a broken
-    /// broker or database is not hammered). Both within `amqp.timeout`: on a broker
-    /// that hangs, the job is redelivered once the connection is known dead.
     async fn settle(&self, delivery: &AmqpDelivery, follow_up: anyhow::Result<()>) {
-        let settled = match follow_up {
-            Ok(()) => {
-                crate::queue::within(&self.amqp, "acknowledging a job", async {
-                    Ok(delivery.ack(BasicAckOptions::default()).await?)
-                })
-                .await
-            }
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                crate::queue::within(&self.amqp, "requeueing a job", async {
-                    Ok(delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await?)
-                })
-                .await
-            }
+        crate::queue::settle(&self.amqp, delivery, follow_up).await;
+    }
+}
+
+/// Publishes the jobs of the webhook deliveries that outcomes wrote.
+/// Stops once `consumed` is cancelled and what was written by then is published.
+async fn announce(
+    publisher: Arc<Publisher>,
+    mut written: mpsc::Receiver<Vec<Uuid>>,
+    consumed: CancellationToken,
+) {
+    loop {
+        let ids = tokio::select! {
+            ids = written.recv() => ids,
+            () = consumed.cancelled() => written.try_recv().ok(),
         };
-        if let Err(e) = settled {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "ack/nack failed; RabbitMQ will redeliver"
-            );
-        }
+        let Some(ids) = ids else { return };
+        publisher.publish_webhooks(&ids).await;
     }
 }
 

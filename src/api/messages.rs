@@ -226,8 +226,13 @@ pub async fn cancel(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
     match state.store.cancel(id, caller.sees()).await? {
-        Cancel::Cancelled { tenant, connection } => {
+        Cancel::Cancelled {
+            tenant,
+            connection,
+            webhooks,
+        } => {
             tracing::info!(message_id = %id, tenant = %tenant, connection = %connection, "cancelled");
+            state.announce_webhooks(webhooks);
             crate::metrics::message(&tenant, &connection, "cancelled");
             Ok(Json(
                 serde_json::json!({ "id": id, "status": Status::Cancelled }),

@@ -79,6 +79,17 @@ impl AppState {
             settings,
         }
     }
+
+    /// Publishes the jobs of webhook deliveries a request wrote, off the request's
+    /// path: a broker that is down must not hold the answer, and whatever fails here
+    /// the reconciler publishes from PostgreSQL.
+    pub fn announce_webhooks(&self, ids: Vec<uuid::Uuid>) {
+        if ids.is_empty() {
+            return;
+        }
+        let publisher = self.publisher.clone();
+        tokio::spawn(async move { publisher.publish_webhooks(&ids).await });
+    }
 }
 
 /// Health and metrics alone, for worker-only processes.

@@ -598,7 +598,9 @@ pub async fn recover(
 ) -> Result<(StatusCode, Json<Recovered>), ApiError> {
     let row = load(&state, &caller, &id).await?;
     let since = super::rfc3339("since", &body.since)?;
-    let recovered = state.store.recover_webhooks(row.id, since).await?;
+    let ids = state.store.recover_webhooks(row.id, since).await?;
+    let recovered = ids.len() as u64;
+    state.announce_webhooks(ids);
     tracing::info!(tenant = %caller.tenant, webhook = %row.id, recovered, "failed webhook deliveries made due again");
     Ok((StatusCode::ACCEPTED, Json(Recovered { recovered })))
 }

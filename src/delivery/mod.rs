@@ -87,6 +87,7 @@ impl Deliverer {
         mailer: Mailer,
         settings: WorkerSettings,
         retry: RetrySettings,
+        webhooks: tokio::sync::mpsc::Sender<Vec<Uuid>>,
     ) -> Deliverer {
         let claims = {
             let store = store.clone();
@@ -103,13 +104,22 @@ impl Deliverer {
             let store = store.clone();
             Batcher::start(MAX_BATCH, 1, move |batch: Vec<(Uuid, i32, Outcome)>| {
                 let store = store.clone();
+                let webhooks = webhooks.clone();
                 async move {
                     let items: Vec<(Uuid, i32, &Outcome)> = batch
                         .iter()
                         .map(|(id, attempt, o)| (*id, *attempt, o))
                         .collect();
                     let result = store.record_outcomes(id, &items).await.map(|recorded| {
-                        items.iter().map(|(id, ..)| recorded.contains(id)).collect()
+                        // Published by the worker; if it cannot keep up (the broker is
+                        // down), the reconciler publishes them from PostgreSQL.
+                        if !recorded.webhooks.is_empty() {
+                            let _ = webhooks.try_send(recorded.webhooks);
+                        }
+                        items
+                            .iter()
+                            .map(|(id, ..)| recorded.messages.contains(id))
+                            .collect()
                     });
                     batcher::each(result, items.len())
                 }
@@ -137,8 +147,8 @@ impl Deliverer {
     }
 
     /// Marks a message that cannot be processed at all (poison) as failed; its job may
-    /// be dead-lettered only once this is written.
-    pub async fn give_up(&self, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    /// be dead-lettered only once this is written. The webhook deliveries written.
+    pub async fn give_up(&self, id: Uuid, reason: &str) -> Result<Vec<Uuid>, sqlx::Error> {
         self.store.fail_unprocessable(id, reason).await
     }
 

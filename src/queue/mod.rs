@@ -1,11 +1,13 @@
 //! RabbitMQ: the work queue. Durable queues, persistent messages, publisher confirms
 //! on the way in, manual acknowledgements on the way out.
 
+mod consumer;
 mod job;
 mod publisher;
 
+pub use consumer::{settle, Consumer};
 pub use job::Job;
-pub use publisher::{Published, Publisher};
+pub use publisher::{Lane, Published, Publisher};
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 
-use crate::config::{AmqpSettings, QueueType, RetrySettings};
+use crate::config::{AmqpSettings, QueueType, RetrySettings, Settings};
 
 /// The delays of the tiers: initial, initial*factor, ... up to max_delay, then the
 /// halves of `initial` down to ~1/16 of it so that jittered remainders are waited out
@@ -51,19 +53,44 @@ pub struct Topology {
     /// them back to `deliver`. One queue per delay, because a per-message TTL in a
     /// shared queue only expires at the head and would block shorter waits.
     pub tiers: Vec<(Duration, String)>,
+    /// Webhook deliveries ready to be sent (the job's id is the delivery's).
+    pub webhooks: String,
+    /// The webhook retry waits, one delay queue each, dead-lettering back to
+    /// `webhooks`.
+    pub webhook_tiers: Vec<(Duration, String)>,
     queue_type: QueueType,
     expires: Option<Duration>,
 }
 
 impl Topology {
-    pub fn new(settings: &AmqpSettings, retry: &RetrySettings) -> Topology {
+    /// The queues the settings describe.
+    pub fn of(settings: &Settings) -> Topology {
+        Topology::new(&settings.amqp, &settings.retry, &settings.webhooks.retry)
+    }
+
+    /// The queues of a deployment: mail retried on `retry`, webhooks on
+    /// `webhook_retry` (`webhooks.retry`).
+    pub fn new(
+        settings: &AmqpSettings,
+        retry: &RetrySettings,
+        webhook_retry: &[Duration],
+    ) -> Topology {
         let prefix = &settings.queue_prefix;
+        let mut webhook_delays = webhook_retry.to_vec();
+        webhook_delays.sort();
+        webhook_delays.dedup();
+        webhook_delays.retain(|d| !d.is_zero());
         Topology {
             deliver: format!("{prefix}.deliver"),
             dead: format!("{prefix}.dead"),
             tiers: tier_delays(retry)
                 .into_iter()
                 .map(|d| (d, format!("{prefix}.delay.{}ms", d.as_millis())))
+                .collect(),
+            webhooks: format!("{prefix}.webhooks"),
+            webhook_tiers: webhook_delays
+                .into_iter()
+                .map(|d| (d, format!("{prefix}.webhooks.delay.{}ms", d.as_millis())))
                 .collect(),
             queue_type: settings.queue_type(),
             expires: settings.queue_expires,
@@ -73,14 +100,26 @@ impl Topology {
     /// The delay queue for a wait: the longest tier not longer than `wait`, so a job
     /// is never early; the remainder is waited out in further, shorter hops. Waits
     /// below the shortest tier use the shortest.
-    pub fn tier_for(&self, wait: Duration) -> &str {
-        self.tiers
+    pub fn tier_for(&self, lane: Lane, wait: Duration) -> &str {
+        let (tiers, ready) = match lane {
+            Lane::Mail => (&self.tiers, &self.deliver),
+            Lane::Webhooks => (&self.webhook_tiers, &self.webhooks),
+        };
+        tiers
             .iter()
             .rev()
             .find(|(d, _)| *d <= wait)
-            .or(self.tiers.first())
+            .or(tiers.first())
             .map(|(_, name)| name.as_str())
-            .unwrap_or(&self.deliver)
+            .unwrap_or(ready)
+    }
+
+    /// The queue a lane's due jobs wait in.
+    pub fn ready(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Mail => &self.deliver,
+            Lane::Webhooks => &self.webhooks,
+        }
     }
 
     /// Declares every queue (idempotent; both roles do it at start and after a
@@ -125,7 +164,38 @@ impl Topology {
             )
             .await
             .with_context(|| format!("declaring queue {}", self.dead))?;
-        for (delay, name) in &self.tiers {
+        let mut webhooks = self.arguments();
+        if self.queue_type == QueueType::Quorum {
+            // As for mail, past RabbitMQ 4's default of 20; a delivery that reaches
+            // the limit is dropped, and the reconciler publishes it again from
+            // PostgreSQL.
+            webhooks.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
+        }
+        channel
+            .queue_declare(
+                self.webhooks.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                webhooks,
+            )
+            .await
+            .with_context(|| format!("declaring queue {}", self.webhooks))?;
+        self.declare_tiers(channel, &self.tiers, &self.deliver)
+            .await?;
+        self.declare_tiers(channel, &self.webhook_tiers, &self.webhooks)
+            .await
+    }
+
+    /// Delay queues: each holds a job for its TTL, then dead-letters it to `target`.
+    async fn declare_tiers(
+        &self,
+        channel: &Channel,
+        tiers: &[(Duration, String)],
+        target: &str,
+    ) -> anyhow::Result<()> {
+        for (delay, name) in tiers {
             let mut args = self.arguments();
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
@@ -135,7 +205,7 @@ impl Topology {
             );
             args.insert(
                 "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(self.deliver.as_str().into()),
+                AMQPValue::LongString(target.into()),
             );
             channel
                 .queue_declare(

@@ -13,6 +13,14 @@ use uuid::Uuid;
 use super::{Job, Topology};
 use crate::config::AmqpSettings;
 
+/// What a job is for: a message to deliver, or a webhook delivery to send. Each lane
+/// has its own ready queue and delay tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Mail,
+    Webhooks,
+}
+
 /// The outcome of [`Publisher::publish_all`].
 #[derive(Debug, Default)]
 pub struct Published {
@@ -55,7 +63,25 @@ impl Publisher {
     /// Publishes many jobs, their confirms pipelined on the one channel; which made it
     /// and which did not (with why).
     pub async fn publish_all(&self, jobs: &[Job]) -> Published {
-        let results = futures_util::future::join_all(jobs.iter().map(|j| self.enqueue(j))).await;
+        self.publish_all_in(Lane::Mail, jobs).await
+    }
+
+    /// Publishes the jobs of webhook deliveries `ids`, their confirms pipelined. What
+    /// fails is logged, not retried: the deliveries are in PostgreSQL, and the
+    /// reconciler publishes those that wait too long.
+    pub async fn publish_webhooks(&self, ids: &[Uuid]) -> Published {
+        let jobs: Vec<Job> = ids.iter().map(|id| Job::new(*id)).collect();
+        let published = self.publish_all_in(Lane::Webhooks, &jobs).await;
+        if let Some((id, e)) = published.failed.first() {
+            tracing::warn!(webhook_id = %id, failed = published.failed.len(), error = format!("{e:#}"), "could not publish webhook jobs; the reconciler will");
+        }
+        published
+    }
+
+    /// [`Publisher::publish_all`] in a lane.
+    pub async fn publish_all_in(&self, lane: Lane, jobs: &[Job]) -> Published {
+        let results =
+            futures_util::future::join_all(jobs.iter().map(|j| self.enqueue_in(lane, j))).await;
         let mut published = Published::default();
         for (job, result) in jobs.iter().zip(results) {
             match result {
@@ -69,19 +95,34 @@ impl Publisher {
     /// Publishes a job: to the work queue when it is due, else parked in the delay
     /// queue that fits the wait until it is.
     pub async fn enqueue(&self, job: &Job) -> anyhow::Result<()> {
+        self.enqueue_in(Lane::Mail, job).await
+    }
+
+    /// [`Publisher::enqueue`] in a lane.
+    pub async fn enqueue_in(&self, lane: Lane, job: &Job) -> anyhow::Result<()> {
         match job
             .due
             .and_then(|due| (due - chrono::Utc::now()).to_std().ok())
         {
-            Some(wait) if !wait.is_zero() => self.park(job, wait).await,
-            _ => self.send(job, &self.topology.deliver, None).await,
+            Some(wait) if !wait.is_zero() => self.park_in(lane, job, wait).await,
+            _ => self.send(job, self.topology.ready(lane), None).await,
         }
     }
 
     /// Parks a job in the delay queue that fits `wait` (its `due` says when it is
     /// really due; the worker parks it again if it comes back early).
     pub async fn park(&self, job: &Job, wait: std::time::Duration) -> anyhow::Result<()> {
-        self.send(job, self.topology.tier_for(wait), None).await
+        self.park_in(Lane::Mail, job, wait).await
+    }
+
+    /// [`Publisher::park`] in a lane.
+    pub async fn park_in(
+        &self,
+        lane: Lane,
+        job: &Job,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        self.send(job, self.topology.tier_for(lane, wait), None).await
     }
 
     /// Moves a job that cannot be processed to the dead-letter queue.
@@ -212,7 +253,7 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Ready messages in the work and dead-letter queues.
+    /// Ready messages in the work, dead-letter and webhook queues.
     pub async fn queue_depths(&self) -> anyhow::Result<Vec<(String, u32)>> {
         super::within(&self.settings, "inspecting the queues", self.depths()).await
     }
@@ -220,7 +261,11 @@ impl Publisher {
     async fn depths(&self) -> anyhow::Result<Vec<(String, u32)>> {
         let channel = self.channel().await?;
         let mut depths = Vec::new();
-        for queue in [&self.topology.deliver, &self.topology.dead] {
+        for queue in [
+            &self.topology.deliver,
+            &self.topology.dead,
+            &self.topology.webhooks,
+        ] {
             let declared = channel
                 .queue_declare(
                     queue.as_str().into(),

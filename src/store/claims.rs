@@ -12,6 +12,15 @@ use super::webhooks::WEBHOOK_TYPE_OF_EVENT;
 use super::Store;
 use crate::domain::{Claim, Claimed, Outcome, RecipientResult, SmtpReply, Status};
 
+/// What [`Store::record_outcomes`] wrote.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The messages whose outcome was recorded (their claimant still held them).
+    pub messages: Vec<Uuid>,
+    /// The webhook deliveries of their new statuses, to be published.
+    pub webhooks: Vec<Uuid>,
+}
+
 impl Store {
     /// Claims messages for an attempt by `worker`, answering one [`Claim`] per id, in
     /// order. A `queued` or `deferred` message can be claimed once it is due (never
@@ -115,12 +124,12 @@ impl Store {
     /// claimant of that very attempt can record it (the message still `sending`,
     /// claimed by `worker`, at that attempt number): a worker that was presumed dead
     /// and taken over never overwrites its successor's outcome. Returns the ids whose
-    /// outcome was recorded.
+    /// outcome was recorded, and the webhook deliveries written with them.
     pub async fn record_outcomes(
         &self,
         worker: Uuid,
         items: &[(Uuid, i32, &Outcome)],
-    ) -> Result<Vec<Uuid>, sqlx::Error> {
+    ) -> Result<Recorded, sqlx::Error> {
         let detail = |o: &Outcome| match (o.next_attempt_at, &o.error) {
             (Some(t), Some(e)) => Some(format!("next attempt at {}: {e}", t.to_rfc3339())),
             (Some(t), None) => Some(format!("next attempt at {}", t.to_rfc3339())),
@@ -140,7 +149,7 @@ impl Store {
         let details: Vec<Option<String>> = items.iter().map(|i| detail(i.2)).collect();
         let attempted: Vec<bool> = items.iter().map(|i| i.2.attempted).collect();
         let events: Vec<&str> = items.iter().map(|i| i.2.event).collect();
-        sqlx::query(&format!(
+        let rows = sqlx::query(&format!(
             "WITH t AS (
                 SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
                                      $6::jsonb[], $7::timestamptz[], $8::text[], $9::bool[], $10::text[])
@@ -185,8 +194,10 @@ impl Store {
                   JOIN webhook_endpoints e
                     ON e.tenant_id = upd.tenant_id AND e.disabled_at IS NULL
                    AND k.type = ANY(e.events)
-                 WHERE k.type IS NOT NULL)
-             SELECT id FROM upd"
+                 WHERE k.type IS NOT NULL
+             RETURNING id)
+             SELECT id, false AS webhook FROM upd
+             UNION ALL SELECT id, true FROM hooks"
         ))
         .bind(&ids)
         .bind(&attempts)
@@ -200,26 +211,41 @@ impl Store {
         .bind(&events)
         .bind(worker)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect()
+        .await?;
+        let mut recorded = Recorded::default();
+        for row in rows {
+            let id = row.try_get("id")?;
+            if row.try_get("webhook")? {
+                recorded.webhooks.push(id);
+            } else {
+                recorded.messages.push(id);
+            }
+        }
+        Ok(recorded)
     }
 
-    /// Marks a message that cannot be processed at all (poison) as failed.
-    pub async fn fail_unprocessable(&self, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    /// Marks a message that cannot be processed at all (poison) as failed; the webhook
+    /// deliveries of its `message.failed`.
+    pub async fn fail_unprocessable(
+        &self,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(&format!(
             "WITH upd AS (
                 UPDATE messages SET status = 'failed', last_error = $2, next_attempt_at = NULL,
                        claimed_at = NULL, claimed_by = NULL, updated_at = now()
                  WHERE id = $1 AND status NOT IN ('sent', 'failed', 'cancelled')
-             RETURNING id)
-             INSERT INTO message_events (message_id, kind, detail) SELECT id, 'failed', $2 FROM upd",
-        )
+             RETURNING id, tenant_id, status, attempts, last_error),
+             ev AS (INSERT INTO message_events (message_id, kind, detail)
+                    SELECT id, 'failed', $2 FROM upd),
+             {}
+             SELECT id FROM hooks",
+            super::webhooks::hooks_of("message.failed")
+        ))
         .bind(id)
         .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .fetch_all(&self.pool)
+        .await
     }
 }

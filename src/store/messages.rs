@@ -79,9 +79,12 @@ pub struct EventRecord {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cancel {
     /// Cancelled: the message's tenant and connection.
+    /// Cancelled: the message's tenant and connection, and the webhook deliveries of
+    /// its `message.cancelled` (to be published).
     Cancelled {
         tenant: String,
         connection: String,
+        webhooks: Vec<Uuid>,
     },
     NotFound,
     /// Too late: the message is in this state.
@@ -276,27 +279,29 @@ impl Store {
 
     /// Cancels a message that has not been sent and is not being sent.
     pub async fn cancel(&self, id: Uuid, tenant: Option<Uuid>) -> Result<Cancel, sqlx::Error> {
-        let cancelled: Option<(String, String)> = sqlx::query_as(
+        let cancelled: Option<(String, String, Vec<Uuid>)> = sqlx::query_as(&format!(
             "WITH upd AS (
                 UPDATE messages SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
                  WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
                    AND status IN ('queued', 'deferred')
-             RETURNING id, connection, tenant_id, attempts),
+             RETURNING id, connection, tenant_id, status, attempts, last_error),
              ev AS (INSERT INTO message_events (message_id, kind) SELECT id, 'cancelled' FROM upd),
-             hooks AS (
-                INSERT INTO webhook_deliveries (endpoint_id, message_id, type, status, attempts)
-                SELECT e.id, upd.id, 'message.cancelled', 'cancelled', upd.attempts
-                  FROM upd JOIN webhook_endpoints e
-                    ON e.tenant_id = upd.tenant_id AND e.disabled_at IS NULL
-                   AND 'message.cancelled' = ANY(e.events))
-             SELECT t.name, upd.connection FROM upd JOIN tenants t ON t.id = upd.tenant_id",
-        )
+             {}
+             SELECT t.name, upd.connection,
+                    ARRAY(SELECT id FROM hooks) AS webhooks
+               FROM upd JOIN tenants t ON t.id = upd.tenant_id",
+            super::webhooks::hooks_of("message.cancelled")
+        ))
         .bind(id)
         .bind(tenant)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((tenant, connection)) = cancelled {
-            return Ok(Cancel::Cancelled { tenant, connection });
+        if let Some((tenant, connection, webhooks)) = cancelled {
+            return Ok(Cancel::Cancelled {
+                tenant,
+                connection,
+                webhooks,
+            });
         }
         Ok(match self.status(id, tenant).await? {
             None => Cancel::NotFound,

@@ -15,6 +15,7 @@ mod webhooks;
 mod workers;
 
 pub use api_keys::{ApiKeyRow, NewApiKey};
+pub use claims::Recorded;
 pub use connections::{ConnectionRow, DeleteConnection};
 pub use listing::{ListFilter, MessageSummary};
 pub use messages::{Accept, Cancel, EventRecord, IdempotencyRecord, MessageRecord, NewMessageRow};

@@ -1,6 +1,7 @@
 //! Webhook endpoints and deliveries. Deliveries are written by the statements that
-//! change a message's status (`claims.rs`, `messages.rs`: see [`WEBHOOK_TYPE_OF_EVENT`])
-//! and taken by the dispatcher (`crate::webhooks`) with `SKIP LOCKED`.
+//! change a message's status (`claims.rs`, `messages.rs`: see [`WEBHOOK_TYPE_OF_EVENT`]
+//! and [`hooks_of`]), published to RabbitMQ by whoever wrote them, and read back and
+//! settled by the dispatcher (`crate::webhooks`).
 
 use std::time::Duration;
 
@@ -20,6 +21,21 @@ pub(super) const WEBHOOK_TYPE_OF_EVENT: &str = "CASE event
         WHEN 'cancelled' THEN 'message.cancelled'
         WHEN 'deferred' THEN CASE WHEN attempted THEN 'message.deferred' END
      END";
+
+/// A `hooks` CTE writing a delivery of webhook type `kind` for every endpoint of the
+/// message's tenant subscribed to it, from a CTE `upd` returning the changed message's
+/// `id, tenant_id, status, attempts, last_error`; it returns the deliveries' ids.
+pub(super) fn hooks_of(kind: &'static str) -> String {
+    format!(
+        "hooks AS (
+            INSERT INTO webhook_deliveries (endpoint_id, message_id, type, status, attempts, error)
+            SELECT e.id, upd.id, '{kind}', upd.status, upd.attempts, upd.last_error
+              FROM upd JOIN webhook_endpoints e
+                ON e.tenant_id = upd.tenant_id AND e.disabled_at IS NULL
+               AND '{kind}' = ANY(e.events)
+         RETURNING id)"
+    )
+}
 
 /// A stored endpoint.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,7 +59,7 @@ const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, events, description, secret_
     previous_secret_enc, previous_until, failing_since, disabled_at, disabled_reason,
     created_at, updated_at";
 
-/// A delivery due now, with what its payload is made of.
+/// A pending delivery, with what its payload is made of.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueWebhook {
     /// The `webhook-id`: the same on every try.
@@ -63,6 +79,8 @@ pub struct DueWebhook {
     pub next_attempt: Option<DateTime<Utc>>,
     /// Tries made before this one.
     pub tries: i32,
+    /// Not to be tried before then (a retry's job may come back early).
+    pub due_at: DateTime<Utc>,
 }
 
 /// How one try of a delivery ended.
@@ -195,29 +213,48 @@ impl Store {
         Ok(deleted.rows_affected() == 1)
     }
 
-    /// Takes up to `limit` due deliveries of enabled endpoints for this process: each
-    /// is leased for `lease` (a HOT update: the lease is not indexed), so that a process that dies holding it
-    /// leaves it to be taken again then.
-    pub async fn take_due_webhooks(
+    /// The deliveries among `ids` still pending, of endpoints not disabled: what the
+    /// dispatcher's jobs stand for (a job whose delivery is settled or gone is
+    /// dropped).
+    pub async fn pending_webhooks_by_id(
         &self,
-        limit: i64,
-        lease: Duration,
+        ids: &[Uuid],
     ) -> Result<Vec<DueWebhook>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE webhook_deliveries d SET leased_until = now() + make_interval(secs => $2)
+            "SELECT d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
+                    d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries, d.due_at
+               FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+              WHERE d.id = ANY($1) AND d.state = 'pending' AND e.disabled_at IS NULL",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Pending deliveries due more than `grace` ago and not republished within it: their
+    /// job was lost (a purged queue, a lost node) or never published. Marked, so that
+    /// each is republished at most once per grace.
+    pub async fn overdue_webhooks(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE webhook_deliveries d SET reconciled_at = now()
               WHERE d.id IN (
                     SELECT d2.id FROM webhook_deliveries d2
                       JOIN webhook_endpoints e ON e.id = d2.endpoint_id
-                     WHERE d2.state = 'pending' AND d2.due_at <= now()
-                       AND (d2.leased_until IS NULL OR d2.leased_until <= now())
+                     WHERE d2.state = 'pending'
+                       AND d2.due_at <= now() - make_interval(secs => $1)
+                       AND (d2.reconciled_at IS NULL
+                            OR d2.reconciled_at < now() - make_interval(secs => $1))
                        AND e.disabled_at IS NULL
-                     ORDER BY d2.due_at LIMIT $1
+                     ORDER BY d2.due_at LIMIT $2
                        FOR UPDATE OF d2 SKIP LOCKED)
-          RETURNING d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
-                    d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries",
+          RETURNING d.id",
         )
+        .bind(grace.as_secs_f64())
         .bind(limit)
-        .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await
     }
@@ -266,7 +303,6 @@ impl Store {
              UPDATE webhook_deliveries d
                 SET state = t.state, tries = d.tries + 1, last_status = t.status,
                     last_error = t.error, due_at = now() + make_interval(secs => t.retry),
-                    leased_until = NULL,
                     delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
                FROM t WHERE d.id = t.id",
         )
@@ -351,22 +387,22 @@ impl Store {
     }
 
     /// Makes the failed deliveries of `endpoint` that occurred since `since` due again
-    /// (with a fresh retry schedule); how many.
+    /// (with a fresh retry schedule); their ids, to be published.
     pub async fn recover_webhooks(
         &self,
         endpoint: Uuid,
         since: DateTime<Utc>,
-    ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
             "UPDATE webhook_deliveries
-                SET state = 'pending', tries = 0, due_at = now(), leased_until = NULL
-              WHERE endpoint_id = $1 AND state = 'failed' AND occurred_at >= $2",
+                SET state = 'pending', tries = 0, due_at = now(), reconciled_at = NULL
+              WHERE endpoint_id = $1 AND state = 'failed' AND occurred_at >= $2
+          RETURNING id",
         )
         .bind(endpoint)
         .bind(since)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Deliveries waiting to be made (for the queue-depth metric).

@@ -1,33 +1,39 @@
-//! Webhook delivery: takes due deliveries from PostgreSQL (written in the same
-//! transaction as the status change they tell of, so none is lost), signs them per
-//! the Standard Webhooks specification and POSTs them, retrying on
-//! `webhooks.retry`. Every process runs it; `SKIP LOCKED` and a lease on each taken
-//! delivery keep two processes from sending the same one at once, and a process that
-//! dies holding one leaves it to be taken again when the lease ends (at least once:
-//! receivers deduplicate on `webhook-id`).
+//! Webhook delivery. A delivery is written in the same transaction as the status
+//! change it tells of (so none is lost), its job published to RabbitMQ by whoever
+//! wrote it, like mail: its own queue, and delay queues for the retries of
+//! `webhooks.retry`; the reconciler publishes again what waits in PostgreSQL too long.
+//! Worker processes consume the queue: each job's delivery is read back (settled ones
+//! are dropped), signed per the Standard Webhooks specification, POSTed, its try
+//! recorded, a retry parked, and only then is the job acknowledged (at least once:
+//! receivers deduplicate on `webhook-id`, the same on every try).
 
 mod target;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::WebhookSettings;
+use crate::batcher::{self, Batcher, DbResult};
+use crate::config::{AmqpSettings, WebhookSettings};
 use crate::crypto::Cipher;
 use crate::domain::sign_webhook;
+use crate::queue::{Consumer, Job, Lane, Publisher, Topology};
 use crate::store::{DueWebhook, MessageRecord, Store, WebhookRow, WebhookTry};
 
 /// At most this much of a response body is read: its content is not used, and an
 /// endpoint must not make a worker hold megabytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Deliveries taken per round.
-const BATCH: i64 = 64;
+/// Deliveries read, or tries recorded, in one statement at most.
+const BATCH: usize = 256;
 /// How often the backlog gauge is refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -35,17 +41,35 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// `GET /v1/messages/{id}` (the API's view, handed in by whoever wires the process).
 pub type Render = fn(MessageRecord) -> serde_json::Value;
 
-/// Sends due webhook deliveries.
+/// A delivery read back for its try: the delivery, its endpoint, its message (gone if
+/// retention deleted it).
+type Loaded = (DueWebhook, WebhookRow, Option<MessageRecord>);
+
+/// One endpoint's share of this process: `per_endpoint_concurrency` requests at once,
+/// and how long its answers take, so that a slow endpoint's deliveries step aside
+/// instead of filling every slot of the process.
+struct Endpoint {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    /// Moving average of its answers' durations, in microseconds.
+    latency_us: AtomicUsize,
+}
+
+/// Sends webhook deliveries from the webhook queue.
 pub struct Dispatcher {
     store: Store,
     cipher: Arc<Cipher>,
     settings: WebhookSettings,
+    amqp: AmqpSettings,
     client: reqwest::Client,
     render: Render,
-    /// Requests in flight per endpoint.
-    in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
-    /// When the backlog was last counted.
-    counted: Mutex<Option<Instant>>,
+    publisher: Publisher,
+    consumer: Consumer,
+    endpoints: Mutex<HashMap<Uuid, Arc<Endpoint>>>,
+    /// Deliveries read back together.
+    loads: Batcher<Uuid, DbResult<Option<Loaded>>>,
+    /// Tries recorded together.
+    tries: Batcher<(Uuid, Uuid, WebhookTry), DbResult<()>>,
 }
 
 impl Dispatcher {
@@ -53,6 +77,8 @@ impl Dispatcher {
         store: Store,
         cipher: Arc<Cipher>,
         settings: WebhookSettings,
+        amqp: AmqpSettings,
+        topology: Topology,
         render: Render,
     ) -> anyhow::Result<Dispatcher> {
         let mut client = reqwest::Client::builder()
@@ -65,109 +91,152 @@ impl Dispatcher {
         if !settings.allow_private_targets {
             client = client.dns_resolver(Arc::new(target::PublicOnly));
         }
+        let loads = {
+            let store = store.clone();
+            Batcher::start(BATCH, 2, move |ids: Vec<Uuid>| {
+                let store = store.clone();
+                async move {
+                    let n = ids.len();
+                    batcher::each(load(&store, &ids).await, n)
+                }
+            })
+        };
+        let tries = {
+            let store = store.clone();
+            Batcher::start(BATCH, 1, move |tries: Vec<(Uuid, Uuid, WebhookTry)>| {
+                let store = store.clone();
+                async move {
+                    batcher::write_or_isolate(tries, |tries| {
+                        let store = store.clone();
+                        async move { store.record_webhook_tries(&tries).await }
+                    })
+                    .await
+                }
+            })
+        };
         Ok(Dispatcher {
             client: client
                 .build()
                 .map_err(|e| anyhow::anyhow!("webhook HTTP client: {e}"))?,
+            publisher: Publisher::new(amqp.clone(), topology.clone(), "postwire-webhooks"),
+            consumer: Consumer {
+                amqp: amqp.clone(),
+                queue: topology.webhooks.clone(),
+                topology,
+                prefetch: settings.concurrency,
+                name: "postwire-webhooks",
+                drain: settings.timeout,
+            },
             store,
             cipher,
             settings,
+            amqp,
             render,
-            in_flight: Mutex::new(HashMap::new()),
-            counted: Mutex::new(None),
+            endpoints: Mutex::new(HashMap::new()),
+            loads,
+            tries,
         })
     }
 
-    /// Delivers until `shutdown`: a round whenever deliveries are due, a pause of
-    /// `webhooks.poll_interval` when none are.
+    /// Delivers until `shutdown`, then lets the requests in flight finish (within
+    /// `webhooks.timeout`). Does nothing when `webhooks.concurrency` is 0.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if self.settings.concurrency == 0 {
+            return Ok(());
+        }
+        let backlog = tokio::spawn(self.clone().count_backlog(shutdown.clone()));
+        let dispatcher = self.clone();
+        self.consumer
+            .run(&shutdown, move |delivery| {
+                let dispatcher = dispatcher.clone();
+                async move { dispatcher.handle(delivery).await }
+            })
+            .await;
+        backlog.abort();
+        self.publisher.close().await;
+        Ok(())
+    }
+
+    /// Sets the backlog gauge every few seconds (a count, so not on every try).
+    async fn count_backlog(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(BACKLOG_EVERY);
         loop {
-            let taken = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook round failed; trying again");
-                    0
-                }
-            };
-            if taken < BATCH as usize {
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(self.settings.poll_interval) => {}
-                }
-            } else if shutdown.is_cancelled() {
-                return Ok(());
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Ok(pending) = self.store.pending_webhooks().await {
+                crate::metrics::webhook_backlog(pending);
             }
         }
     }
 
-    /// Takes what is due and sends it; how many were taken.
-    async fn round(&self) -> Result<usize, sqlx::Error> {
-        // Held for longer than one try can take, so that no other process takes it
-        // while this one still might send it.
-        let lease = self.settings.timeout * 2 + Duration::from_secs(5);
-        let due = self.store.take_due_webhooks(BATCH, lease).await?;
-        self.count_backlog().await;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let ids = distinct(due.iter().map(|d| d.endpoint_id));
-        let endpoints: HashMap<Uuid, WebhookRow> = self
-            .store
-            .webhooks_by_id(&ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.id, e))
-            .collect();
-        // The messages the events tell of, in one query for the round.
-        let message_ids = distinct(due.iter().map(|d| d.message_id));
-        let messages: HashMap<Uuid, MessageRecord> = self
-            .store
-            .get_messages(&message_ids)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
-        let taken = due.len();
-        let sends = due.into_iter().filter_map(|d| {
-            let endpoint = endpoints.get(&d.endpoint_id)?;
-            let message = messages.get(&d.message_id).cloned();
-            Some(self.deliver(d, endpoint, message))
-        });
-        let tries = futures_util::future::join_all(sends).await;
-        if let Err(e) = self.store.record_webhook_tries(&tries).await {
-            // The leases run out and the deliveries are tried again: at least once.
-            tracing::warn!(error = %e, deliveries = tries.len(), "could not record webhook tries");
-        }
-        Ok(taken)
-    }
-
-    /// Sets the backlog gauge, at most every few seconds: a count over a long backlog
-    /// is not free, and it is only a gauge.
-    async fn count_backlog(&self) {
-        {
-            let mut last = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
-                return;
+    /// Handles one job; acknowledged once its try is recorded and any retry parked,
+    /// requeued when that cannot be written.
+    async fn handle(&self, delivery: AmqpDelivery) {
+        let follow_up = match Job::decode(&delivery.data, &delivery.properties) {
+            Ok(job) => {
+                let span = tracing::info_span!(
+                    "webhook",
+                    webhook_id = %job.id,
+                    message_id = tracing::field::Empty
+                );
+                self.process(job).instrument(span).await
             }
-            *last = Some(Instant::now());
+            Err(reason) => {
+                // Nothing to do with it: the reconciler works from PostgreSQL.
+                tracing::error!(reason = %reason, "undecodable webhook job; dropped");
+                Ok(())
+            }
+        };
+        if let Err(e) = &follow_up {
+            tracing::warn!(error = format!("{e:#}"), "webhook job requeued");
         }
-        if let Ok(pending) = self.store.pending_webhooks().await {
-            crate::metrics::webhook_backlog(pending);
-        }
+        crate::queue::settle(&self.amqp, &delivery, follow_up).await;
     }
 
-    /// One try of one delivery: `(delivery, endpoint, outcome)`, to be recorded.
-    async fn deliver(
-        &self,
-        due: DueWebhook,
-        endpoint: &WebhookRow,
-        message: Option<MessageRecord>,
-    ) -> (Uuid, Uuid, WebhookTry) {
-        let slot = self.slot(endpoint.id);
-        let _permit = slot.acquire().await;
+    async fn process(&self, job: Job) -> anyhow::Result<()> {
+        if let Some(wait) = job.due.and_then(|due| (due - Utc::now()).to_std().ok()) {
+            if !wait.is_zero() {
+                return self.park(&job, wait).await;
+            }
+        }
+        let loaded = self
+            .loads
+            .write(job.id)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the webhook delivery: {e}"))?;
+        // Delivered, failed, deleted with its endpoint, or the endpoint disabled.
+        let Some((due, endpoint, message)) = loaded else {
+            return Ok(());
+        };
+        tracing::Span::current().record("message_id", tracing::field::display(due.message_id));
+        if let Ok(wait) = (due.due_at - Utc::now()).to_std() {
+            // Rescheduled since this job was published (a duplicate from the
+            // reconciler, say): the retry's own job comes then.
+            if wait > Duration::from_secs(1) {
+                return self.park(&job.due_at(due.due_at), wait).await;
+            }
+        }
+        let share = self.endpoint(endpoint.id);
+        let _permit = match share.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(wait) = self.step_aside(&share) {
+                    tracing::debug!(endpoint = %endpoint.id, wait = ?wait, "endpoint busy; the delivery waits in a delay queue");
+                    return self.park(&job.renewed().due_in(wait), wait).await;
+                }
+                share.waiting.fetch_add(1, Ordering::Relaxed);
+                let permit = share.slots.clone().acquire_owned().await;
+                share.waiting.fetch_sub(1, Ordering::Relaxed);
+                permit.map_err(|_| anyhow::anyhow!("endpoint slots closed"))?
+            }
+        };
         let started = Instant::now();
-        let answer = self.post(&due, endpoint, message).await;
-        let outcome = self.judge(&due, endpoint, answer, started.elapsed());
+        let answer = self.post(&due, &endpoint, message).await;
+        let took = started.elapsed();
+        share.observe(took);
+        let outcome = self.judge(&due, &endpoint, answer, took);
         let result = if outcome.succeeded {
             "delivered"
         } else if outcome.disable.is_some() {
@@ -179,8 +248,6 @@ impl Dispatcher {
         };
         crate::metrics::webhook_delivery(result);
         tracing::info!(
-            message_id = %due.message_id,
-            webhook_id = %due.id,
             endpoint = %endpoint.id,
             event = %due.event_type,
             status = ?outcome.http_status,
@@ -188,17 +255,59 @@ impl Dispatcher {
             result,
             "webhook"
         );
-        (due.id, endpoint.id, outcome)
+        let retry_in = outcome.retry_in;
+        // Not recorded: the job comes back and the try is made again (at least once).
+        self.tries
+            .write((due.id, endpoint.id, outcome))
+            .await
+            .map_err(|e| anyhow::anyhow!("recording the webhook try: {e}"))?;
+        if let Some(wait) = retry_in {
+            // The retry is due in PostgreSQL: if its job cannot be parked now, the
+            // reconciler publishes it, so the job is acknowledged either way.
+            if let Err(e) = self.park(&job.renewed().due_in(wait), wait).await {
+                tracing::warn!(error = format!("{e:#}"), "could not park the webhook retry; the reconciler will publish it");
+            }
+        }
+        Ok(())
     }
 
-    fn slot(&self, endpoint: Uuid) -> Arc<Semaphore> {
-        let mut slots = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .entry(endpoint)
+    async fn park(&self, job: &Job, wait: Duration) -> anyhow::Result<()> {
+        self.publisher.park_in(Lane::Webhooks, job, wait).await
+    }
+
+    /// When every slot of an endpoint is taken and the deliveries already waiting for
+    /// one would take longer than `webhooks.timeout` to get theirs, this one steps
+    /// aside for the shortest retry wait (no try counted), leaving the process's
+    /// other slots to other endpoints.
+    fn step_aside(&self, share: &Endpoint) -> Option<Duration> {
+        let waiting = share.waiting.load(Ordering::Relaxed) + 1;
+        let latency = Duration::from_micros(share.latency_us.load(Ordering::Relaxed) as u64);
+        let per_slot = self.settings.per_endpoint_concurrency.max(1) as u32;
+        let expected = latency * u32::try_from(waiting).unwrap_or(u32::MAX) / per_slot;
+        if expected <= self.settings.timeout {
+            return None;
+        }
+        Some(
+            self.settings
+                .retry
+                .first()
+                .copied()
+                .unwrap_or(self.settings.timeout),
+        )
+    }
+
+    fn endpoint(&self, id: Uuid) -> Arc<Endpoint> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints
+            .entry(id)
             .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.settings.per_endpoint_concurrency.max(1),
-                ))
+                Arc::new(Endpoint {
+                    slots: Arc::new(Semaphore::new(
+                        self.settings.per_endpoint_concurrency.max(1),
+                    )),
+                    waiting: AtomicUsize::new(0),
+                    latency_us: AtomicUsize::new(0),
+                })
             })
             .clone()
     }
@@ -355,6 +464,53 @@ impl Dispatcher {
             .and_then(|tries| self.settings.retry.get(tries).copied());
         outcome
     }
+}
+
+impl Endpoint {
+    /// Folds one answer's duration into the moving average (weight 1/8).
+    fn observe(&self, took: Duration) {
+        let took = usize::try_from(took.as_micros()).unwrap_or(usize::MAX);
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    took
+                } else {
+                    avg - avg / 8 + took / 8
+                })
+            });
+    }
+}
+
+/// Reads back the deliveries of a batch of jobs, each with its endpoint and message:
+/// `None` for one that is no longer pending. Three queries for the batch.
+async fn load(store: &Store, ids: &[Uuid]) -> Result<Vec<Option<Loaded>>, sqlx::Error> {
+    let due = store.pending_webhooks_by_id(ids).await?;
+    let endpoint_ids = distinct(due.iter().map(|d| d.endpoint_id));
+    let endpoints: HashMap<Uuid, WebhookRow> = store
+        .webhooks_by_id(&endpoint_ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect();
+    let message_ids = distinct(due.iter().map(|d| d.message_id));
+    let messages: HashMap<Uuid, MessageRecord> = store
+        .get_messages(&message_ids)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    let mut due: HashMap<Uuid, DueWebhook> = due.into_iter().map(|d| (d.id, d)).collect();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            // A job twice in one batch: the first one takes it.
+            let d = due.remove(id)?;
+            let endpoint = endpoints.get(&d.endpoint_id)?.clone();
+            let message = messages.get(&d.message_id).cloned();
+            Some((d, endpoint, message))
+        })
+        .collect())
 }
 
 /// The ids, each once.

@@ -200,7 +200,7 @@ async fn postgres_unreachable_for_minutes_strands_no_queued_or_deferred_message(
 /// Empties the work queue and every delay queue, as a lost node or a restored broker
 /// would.
 async fn purge_queues(settings: &Settings) {
-    let topology = postwire::queue::Topology::new(&settings.amqp, &settings.retry);
+    let topology = postwire::queue::Topology::of(settings);
     let conn = postwire::queue::connect(&settings.amqp, "test")
         .await
         .unwrap();

@@ -642,21 +642,24 @@ async fn one_batched_claim_sorts_out_claimable_duplicate_running_and_finished_me
         store
             .record_outcomes(second, &[(b, 1, &sent)])
             .await
-            .unwrap(),
+            .unwrap()
+            .messages,
         none
     );
     assert_eq!(
         store
             .record_outcomes(first, &[(b, 2, &sent)])
             .await
-            .unwrap(),
+            .unwrap()
+            .messages,
         none
     );
     assert_eq!(
         store
             .record_outcomes(first, &[(b, 1, &sent)])
             .await
-            .unwrap(),
+            .unwrap()
+            .messages,
         [b]
     );
     let claims = store.claim(&[a, b], second, dead).await.unwrap();

@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 fn quick_webhooks(s: &mut Settings) {
     s.webhooks.allow_http = true;
     s.webhooks.allow_private_targets = true;
-    s.webhooks.poll_interval = Duration::from_millis(100);
     s.webhooks.timeout = Duration::from_secs(2);
     s.webhooks.retry = vec![Duration::from_millis(300); 3];
     s.retry.initial = Duration::from_millis(300);
@@ -466,7 +465,6 @@ async fn endpoints_inside_the_network_are_refused_unless_allowed() {
 const PROCESS_WEBHOOKS: &[(&str, &str)] = &[
     ("POSTWIRE__WEBHOOKS__ALLOW_HTTP", "true"),
     ("POSTWIRE__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
-    ("POSTWIRE__WEBHOOKS__POLL_INTERVAL", "100ms"),
     ("POSTWIRE__WEBHOOKS__TIMEOUT", "2s"),
     ("POSTWIRE__WEBHOOKS__RETRY", "300ms,300ms,300ms,300ms,300ms"),
 ];
@@ -486,11 +484,10 @@ impl Drop for Killed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_and_api_processes_killed_mid_delivery_lose_no_webhook() {
     const MESSAGES: usize = 30;
-    // The in-process API sends nothing itself (its first look is before anything is
-    // due, its next an hour later): the processes below do all the delivering.
+    // The in-process app delivers no webhooks itself: the processes below do it all.
     let app = spawn_app_with(Script::accept_all(), |s| {
         quick_webhooks(s);
-        s.webhooks.poll_interval = Duration::from_secs(3600);
+        s.webhooks.concurrency = 0;
     })
     .await;
     let receiver = WebhookReceiver::start().await;
