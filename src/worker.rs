@@ -103,11 +103,7 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .map(|written| {
-                tokio::spawn(announce(
-                    self.publisher.clone(),
-                    written,
-                    consumed.clone(),
-                ))
+                tokio::spawn(announce(self.publisher.clone(), written, consumed.clone()))
             });
         let worker = self.clone();
         let token = shutdown.clone();

@@ -122,7 +122,8 @@ impl Publisher {
         job: &Job,
         wait: std::time::Duration,
     ) -> anyhow::Result<()> {
-        self.send(job, self.topology.tier_for(lane, wait), None).await
+        self.send(job, self.topology.tier_for(lane, wait), None)
+            .await
     }
 
     /// Moves a job that cannot be processed to the dead-letter queue.

@@ -265,7 +265,10 @@ impl Dispatcher {
             // The retry is due in PostgreSQL: if its job cannot be parked now, the
             // reconciler publishes it, so the job is acknowledged either way.
             if let Err(e) = self.park(&job.renewed().due_in(wait), wait).await {
-                tracing::warn!(error = format!("{e:#}"), "could not park the webhook retry; the reconciler will publish it");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not park the webhook retry; the reconciler will publish it"
+                );
             }
         }
         Ok(())

@@ -201,19 +201,13 @@ async fn postgres_unreachable_for_minutes_strands_no_queued_or_deferred_message(
 /// would.
 async fn purge_queues(settings: &Settings) {
     let topology = postwire::queue::Topology::of(settings);
-    let conn = postwire::queue::connect(&settings.amqp, "test")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let mut purged = 0;
-    for queue in std::iter::once(&topology.deliver).chain(topology.tiers.iter().map(|(_, q)| q)) {
-        purged += channel
-            .queue_purge(queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
-    }
-    assert!(purged > 0, "the jobs were there to lose");
-    let _ = conn.close(200, "done".into()).await;
+    let queues: Vec<String> = std::iter::once(topology.deliver)
+        .chain(topology.tiers.into_iter().map(|(_, q)| q))
+        .collect();
+    assert!(
+        helpers::purge(settings, &queues).await > 0,
+        "the jobs were there to lose"
+    );
 }
 
 async fn purged_queues_lose_nothing(queue_type: QueueType) {

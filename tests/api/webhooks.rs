@@ -29,8 +29,9 @@ async fn subscribe(app: &TestApp, receiver: &WebhookReceiver, events: &[&str]) -
             &json!({"url": receiver.url(), "events": events, "description": "test receiver"}),
         )
         .await;
-    assert_eq!(response.status(), 201);
+    let status = response.status();
     let created: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{created}");
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));
     receiver.set_secrets(&[secret]);
@@ -633,4 +634,211 @@ async fn an_endpoint_failing_longer_than_disable_after_is_disabled_with_the_reas
     assert!(attempts
         .iter()
         .all(|a| a["http_status"].is_null() && a["succeeded"] == false));
+}
+
+#[tokio::test]
+async fn requests_to_one_endpoint_never_exceed_its_concurrency() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.per_endpoint_concurrency = 2;
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    subscribe(&app, &receiver, &["message.sent"]).await;
+    // Slow answers, so that deliveries pile up behind the two slots.
+    receiver.set_delay(Duration::from_millis(300));
+    for i in 0..12 {
+        app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("c{i}"), "Body": "x"}))
+            .await;
+    }
+    let got = wait_for_events(&receiver, 12).await;
+    assert_eq!(got.len(), 12);
+    assert_eq!(
+        receiver.max_in_flight(),
+        2,
+        "requests in flight at once to one endpoint"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_response_is_read_no_further_than_64_kib() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    // Far more than the kernel's socket buffers hold: a client that read it all
+    // would take every byte, one that stops early breaks the connection.
+    receiver.answer_with_body_bytes(Some(64 << 20));
+    for i in 0..3 {
+        app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("h{i}"), "Body": "x"}))
+            .await;
+    }
+    wait_for_events(&receiver, 3).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app
+            .get(&format!("/v1/webhooks/{id}/attempts?status=succeeded"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if page["attempts"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The 2xx counted, and each answer was cut off rather than read to its end.
+    assert_eq!(receiver.received().len(), 3, "a success was tried again");
+    assert!(
+        receiver.broken_connections() >= 3,
+        "{} answers cut off",
+        receiver.broken_connections()
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_slower_than_the_timeout_is_retried_and_its_attempts_say_it_timed_out() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.timeout = Duration::from_millis(500);
+        s.webhooks.retry = vec![Duration::from_millis(300); 10];
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    receiver.set_delay(Duration::from_secs(3));
+    let message = app
+        .send_ok(&json!({"To": "ann@example.com", "Subject": "slow", "Body": "x"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.received().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no retry came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.set_delay(Duration::ZERO);
+    // Delivered once it answers in time, under the id of the tries that timed out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let id = endpoint["id"].as_str().unwrap();
+    let attempts = loop {
+        let page: Value = app
+            .get(&format!("/v1/webhooks/{id}/attempts"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let attempts = page["attempts"].as_array().unwrap().clone();
+        if attempts.iter().any(|a| a["succeeded"] == true) {
+            break attempts;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let timed_out: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| a["succeeded"] == false)
+        .collect();
+    assert!(timed_out.len() >= 2, "{attempts:#?}");
+    for a in &timed_out {
+        assert!(a["http_status"].is_null(), "{a}");
+        let error = a["error"].as_str().unwrap();
+        assert!(error.contains("timed out"), "{error}");
+        assert!(a["duration_ms"].as_u64().unwrap() < 2_000, "{a}");
+    }
+    let ids: BTreeSet<String> = receiver.received().iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "one event, one webhook-id");
+    let delivered = receiver.verified_events();
+    assert_eq!(
+        delivered.last().unwrap().json.as_ref().unwrap()["data"]["id"],
+        message.as_str()
+    );
+}
+
+#[tokio::test]
+async fn webhook_jobs_lost_from_rabbitmq_are_published_again_from_postgresql() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.retry = vec![Duration::from_secs(8); 3];
+        s.reconcile.interval = Duration::from_millis(300);
+        s.reconcile.grace = Duration::from_secs(1);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    subscribe(&app, &receiver, &["message.sent"]).await;
+    receiver.answer(503);
+    let mut ids = BTreeSet::new();
+    for i in 0..10 {
+        ids.insert(
+            app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("p{i}"), "Body": "x"}))
+                .await,
+        );
+    }
+    // Each refused once: its retry waits eight seconds in a delay queue, and the
+    // broker loses every one of them.
+    let topology = postwire::queue::Topology::of(&app.settings);
+    let queues: Vec<String> = std::iter::once(topology.webhooks.clone())
+        .chain(topology.webhook_tiers.iter().map(|(_, q)| q.clone()))
+        .collect();
+    while receiver.received().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut lost = 0;
+    while lost < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lost} retries parked"
+        );
+        lost += helpers::purge(&app.settings, &queues).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.received().len(), 10);
+    receiver.answer(200);
+    let delivered = wait_for_events(&receiver, 10).await;
+    let told: BTreeSet<String> = delivered
+        .iter()
+        .map(|r| {
+            r.json.as_ref().unwrap()["data"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(told, ids);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("reason=\"webhook\""),
+        "the reconciler's republishing is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_up_another_endpoints_deliveries() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.concurrency = 8;
+        s.webhooks.per_endpoint_concurrency = 2;
+        s.webhooks.timeout = Duration::from_millis(700);
+        s.webhooks.retry = vec![Duration::from_millis(500); 50];
+    })
+    .await;
+    let slow = WebhookReceiver::start().await;
+    let fast = WebhookReceiver::start().await;
+    subscribe(&app, &slow, &["message.sent"]).await;
+    subscribe(&app, &fast, &["message.sent"]).await;
+    // Every answer of the slow one comes after the timeout.
+    slow.set_delay(Duration::from_secs(5));
+    for i in 0..30 {
+        app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("s{i}"), "Body": "x"}))
+            .await;
+    }
+    fast.wait_for(30, Duration::from_secs(30)).await;
+    // Two slots of the slow endpoint, each busy for the timeout: had its waiting
+    // deliveries kept the process's other slots, the fast endpoint's 30 would have
+    // trickled in behind them, one slow try at a time.
+    let slow_tries = slow.received().len();
+    assert!(
+        slow_tries < 20,
+        "the fast endpoint had to wait for {slow_tries} tries of the slow one"
+    );
 }

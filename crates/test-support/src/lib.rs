@@ -91,6 +91,24 @@ pub async fn fresh_database() -> String {
     format!("{}/{db_name}", database_server())
 }
 
+/// Empties `queues`, as a lost node or a restored broker would; how many jobs were
+/// lost.
+pub async fn purge(settings: &Settings, queues: &[String]) -> u32 {
+    let conn = postwire::queue::connect(&settings.amqp, "test")
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = conn.create_channel().await.expect("open a channel");
+    let mut purged = 0;
+    for queue in queues {
+        purged += channel
+            .queue_purge(queue.as_str().into(), Default::default())
+            .await
+            .expect("purge a queue");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    purged
+}
+
 /// Settings for a test: the shipped defaults, with a fresh database, unique queue
 /// names, port 0 and the test SMTP server as the default connection.
 pub async fn test_settings(smtp: &TestSmtpServer) -> Settings {

@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +107,12 @@ struct Shared {
     /// Live connections, so that going down also breaks the keep-alive
     /// connections a client pooled while the receiver was up.
     connections: Mutex<Vec<AbortHandle>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Connections that ended in an error: the client hung up before taking the
+    /// whole answer (or mid-request).
+    broken: AtomicUsize,
 }
 
 /// A running webhook receiver on 127.0.0.1 with an ephemeral port.
@@ -150,6 +156,9 @@ impl WebhookReceiver {
             received: Mutex::new(Vec::new()),
             changed: Notify::new(),
             connections: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            broken: AtomicUsize::new(0),
         });
         let accept_shared = shared.clone();
         let accept = tokio::spawn(async move {
@@ -162,12 +171,17 @@ impl WebhookReceiver {
                 }
                 let shared = accept_shared.clone();
                 let task = tokio::spawn(async move {
+                    let counted = shared.clone();
                     let service = service_fn(move |request| handle(shared.clone(), request));
                     // Errors here are clients hanging up or the receiver going
-                    // down mid-request: both are the test's business, not ours.
-                    let _ = http1::Builder::new()
+                    // down mid-request: counted, for the tests that cause them.
+                    if http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .await
+                        .is_err()
+                    {
+                        counted.broken.fetch_add(1, Ordering::SeqCst);
+                    }
                 });
                 let mut connections = lock(&accept_shared.connections);
                 connections.retain(|c| !c.is_finished());
@@ -187,6 +201,17 @@ impl WebhookReceiver {
     /// The URL to configure as the webhook endpoint: `http://127.0.0.1:PORT/hook`.
     pub fn url(&self) -> String {
         format!("http://{}{PATH}", self.inner.addr)
+    }
+
+    /// The most requests the receiver was ever answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared().max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended in an error: a client that hung up before it had the
+    /// whole answer (say, one that reads only the start of a huge body).
+    pub fn broken_connections(&self) -> usize {
+        self.shared().broken.load(Ordering::SeqCst)
     }
 
     /// The port the receiver listens on.
@@ -373,9 +398,12 @@ async fn handle(
     });
     shared.changed.notify_waiters();
 
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     let content = match body_bytes {
         Some(n) => Bytes::from(vec![b'x'; n]),
         None if (200..300).contains(&status) => Bytes::from_static(b"ok\n"),
