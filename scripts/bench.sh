@@ -253,6 +253,7 @@ if [ -n "$WEBHOOK" ]; then
     sleep 0.5
   done
   log "webhooks: $(psql_admin "SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'" "$DB") delivered, receiver counted $(sleep 1.2; cat "$OUT/webhooks.count" 2>/dev/null || echo '?')"
+  log "webhooks: the last delivered $(psql_admin "SELECT round(extract(epoch FROM max(delivered_at) - (SELECT min(created_at) FROM messages))::numeric, 2) FROM webhook_deliveries" "$DB") s after the first message was accepted, the last message sent after $(psql_admin "SELECT round(extract(epoch FROM max(sent_at) - min(created_at))::numeric, 2) FROM messages" "$DB") s"
 fi
 stop_postwire
 SINK_AFTER=$(sink_count)

@@ -351,8 +351,9 @@ pub struct WebhookSettings {
     /// An endpoint failing this long without a success is disabled.
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
-    /// Deliveries in flight at once per worker process (the prefetch of the webhook
-    /// queue); 0: this process delivers no webhooks.
+    /// Webhook jobs in hand at once per worker process (the prefetch of the webhook
+    /// queue; a job carries up to 64 deliveries); 0: this process delivers no
+    /// webhooks.
     pub concurrency: u16,
     /// Requests in flight at once to one endpoint, per process.
     pub per_endpoint_concurrency: usize,
@@ -387,7 +388,7 @@ impl Default for WebhookSettings {
                 h(10),
             ],
             disable_after: h(5 * 24),
-            concurrency: 256,
+            concurrency: 32,
             per_endpoint_concurrency: 4,
             rotation_overlap: h(24),
         }

@@ -21,6 +21,8 @@ use crate::store::Store;
 /// Webhook deliveries written with outcomes, waiting to be published; when this many
 /// batches wait (the broker is down), further ones are left to the reconciler.
 const WEBHOOK_BACKLOG: usize = 1024;
+/// Publishes of webhook jobs awaiting their confirms at once.
+const ANNOUNCERS: usize = 8;
 
 /// One worker process's consumer; shared by its delivery tasks.
 pub struct Worker {
@@ -209,20 +211,42 @@ impl Worker {
     }
 }
 
-/// Publishes the jobs of the webhook deliveries that outcomes wrote.
-/// Stops once `consumed` is cancelled and what was written by then is published.
+/// Publishes the jobs of the webhook deliveries that outcomes wrote: whatever has
+/// been written while earlier publishes wait for their confirms goes out together, a
+/// few publishes at a time. Stops once `consumed` is cancelled and what was written by
+/// then is published.
 async fn announce(
     publisher: Arc<Publisher>,
     mut written: mpsc::Receiver<Vec<Uuid>>,
     consumed: CancellationToken,
 ) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(ANNOUNCERS));
+    let mut batches = Vec::new();
     loop {
-        let ids = tokio::select! {
-            ids = written.recv() => ids,
-            () = consumed.cancelled() => written.try_recv().ok(),
+        let received = tokio::select! {
+            n = written.recv_many(&mut batches, 64) => n,
+            () = consumed.cancelled() => {
+                while let Ok(ids) = written.try_recv() {
+                    batches.push(ids);
+                }
+                let ids: Vec<Uuid> = batches.drain(..).flatten().collect();
+                publisher.publish_webhooks(&ids).await;
+                let _ = in_flight.acquire_many(ANNOUNCERS as u32).await;
+                return;
+            }
         };
-        let Some(ids) = ids else { return };
-        publisher.publish_webhooks(&ids).await;
+        if received == 0 {
+            return;
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let ids: Vec<Uuid> = batches.drain(..).flatten().collect();
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            publisher.publish_webhooks(&ids).await;
+            drop(permit);
+        });
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::batcher::{self, Batcher, DbResult};
+use tokio::sync::mpsc::error::TrySendError;
 use crate::config::{RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::domain::{
@@ -114,7 +115,12 @@ impl Deliverer {
                         // Published by the worker; if it cannot keep up (the broker is
                         // down), the reconciler publishes them from PostgreSQL.
                         if !recorded.webhooks.is_empty() {
-                            let _ = webhooks.try_send(recorded.webhooks);
+                            if let Err(e) = webhooks.try_send(recorded.webhooks) {
+                                let n = match &e {
+                                    TrySendError::Full(ids) | TrySendError::Closed(ids) => ids.len(),
+                                };
+                                tracing::warn!(webhooks = n, "webhook jobs not published (the broker is behind); the reconciler will");
+                            }
                         }
                         items
                             .iter()

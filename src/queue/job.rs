@@ -22,6 +22,10 @@ pub struct Job {
     /// The message's tenant, for the worker's log lines before its claim says it. Not
     /// trusted for anything else: the claim reads the message from PostgreSQL.
     pub tenant: Option<String>,
+    /// Further ids carried by the same job (webhook deliveries published together, so
+    /// that a busy worker's webhooks cost the broker one message per batch, not one
+    /// each). Mail jobs carry one id.
+    pub more: Vec<Uuid>,
 }
 
 impl Job {
@@ -31,7 +35,22 @@ impl Job {
             due: None,
             failures: 0,
             tenant: None,
+            more: Vec::new(),
         }
+    }
+
+    /// One job for several ids (none: `None`).
+    pub fn of_ids(ids: &[Uuid]) -> Option<Job> {
+        let (first, more) = ids.split_first()?;
+        Some(Job {
+            more: more.to_vec(),
+            ..Job::new(*first)
+        })
+    }
+
+    /// Every id the job carries, the first first.
+    pub fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        std::iter::once(self.id).chain(self.more.iter().copied())
     }
 
     /// A fresh job for the same message (not due later, no failures counted).
@@ -67,8 +86,15 @@ impl Job {
     /// Reads a job from a delivery; `Err` with the reason for poison.
     pub fn decode(body: &[u8], properties: &BasicProperties) -> Result<Job, String> {
         let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
-        let id = Uuid::parse_str(text.trim())
-            .map_err(|_| format!("the body is not a message id: {:?}", truncate(text, 64)))?;
+        let mut ids = text.split_whitespace().map(Uuid::parse_str);
+        let (Some(Ok(id)), more) = (ids.next(), ids.collect::<Result<Vec<Uuid>, _>>()) else {
+            return Err(format!(
+                "the body is not a message id: {:?}",
+                truncate(text, 64)
+            ));
+        };
+        let more =
+            more.map_err(|_| format!("the body holds a non-id: {:?}", truncate(text, 64)))?;
         let header = |name: &str| {
             properties
                 .headers()
@@ -95,11 +121,17 @@ impl Job {
             due,
             failures,
             tenant,
+            more,
         })
     }
 
+    /// The ids in text, one per line.
     pub fn body(&self) -> Vec<u8> {
-        self.id.to_string().into_bytes()
+        self.ids()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into_bytes()
     }
 
     /// Persistent, with the job's headers.
@@ -149,9 +181,16 @@ mod tests {
             due: Utc.timestamp_millis_opt(1_700_000_000_123).single(),
             failures: 2,
             tenant: Some("acme".to_owned()),
+            more: Vec::new(),
         };
         let decoded = Job::decode(&job.body(), &job.properties(None)).unwrap();
         assert_eq!(decoded, job);
         assert!(Job::decode(b"garbage", &BasicProperties::default()).is_err());
+        let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        let batch = Job::of_ids(&ids).unwrap();
+        let decoded = Job::decode(&batch.body(), &batch.properties(None)).unwrap();
+        assert_eq!(decoded.ids().collect::<Vec<_>>(), ids);
+        let bad = format!("{}\nnot-an-id", ids[0]);
+        assert!(Job::decode(bad.as_bytes(), &BasicProperties::default()).is_err());
     }
 }

@@ -13,6 +13,9 @@ use uuid::Uuid;
 use super::{Job, Topology};
 use crate::config::AmqpSettings;
 
+/// The most webhook deliveries one job carries.
+const WEBHOOKS_PER_JOB: usize = 64;
+
 /// What a job is for: a message to deliver, or a webhook delivery to send. Each lane
 /// has its own ready queue and delay tiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +73,10 @@ impl Publisher {
     /// fails is logged, not retried: the deliveries are in PostgreSQL, and the
     /// reconciler publishes those that wait too long.
     pub async fn publish_webhooks(&self, ids: &[Uuid]) -> Published {
-        let jobs: Vec<Job> = ids.iter().map(|id| Job::new(*id)).collect();
+        let jobs: Vec<Job> = ids
+            .chunks(WEBHOOKS_PER_JOB)
+            .filter_map(Job::of_ids)
+            .collect();
         let published = self.publish_all_in(Lane::Webhooks, &jobs).await;
         if let Some((id, e)) = published.failed.first() {
             tracing::warn!(webhook_id = %id, failed = published.failed.len(), error = format!("{e:#}"), "could not publish webhook jobs; the reconciler will");

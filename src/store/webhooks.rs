@@ -81,6 +81,8 @@ pub struct DueWebhook {
     pub tries: i32,
     /// Not to be tried before then (a retry's job may come back early).
     pub due_at: DateTime<Utc>,
+    /// When its endpoint was last changed (a cached copy older than that is stale).
+    pub endpoint_updated_at: DateTime<Utc>,
 }
 
 /// How one try of a delivery ended.
@@ -222,7 +224,8 @@ impl Store {
     ) -> Result<Vec<DueWebhook>, sqlx::Error> {
         sqlx::query_as(
             "SELECT d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
-                    d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries, d.due_at
+                    d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries, d.due_at,
+                    e.updated_at AS endpoint_updated_at
                FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
               WHERE d.id = ANY($1) AND d.state = 'pending' AND e.disabled_at IS NULL",
         )
@@ -259,10 +262,10 @@ impl Store {
         .await
     }
 
-    /// Records the tries of a round, `(delivery, endpoint, outcome)`, in one
-    /// transaction: the attempts, the deliveries' new states, the endpoints' health
-    /// (written only when it changes: every try touching the endpoint's row would make
-    /// concurrent tries wait for each other), and the endpoints to disable.
+    /// Records the tries of a batch, `(delivery, endpoint, outcome)`, in one statement:
+    /// the attempts, the deliveries' new states and the endpoints' health (written only
+    /// when it changes: every try touching the endpoint's row would make concurrent
+    /// tries wait for each other); then, in a transaction, the endpoints to disable.
     pub async fn record_webhook_tries(
         &self,
         tries: &[(Uuid, Uuid, WebhookTry)],
@@ -291,7 +294,9 @@ impl Store {
             .iter()
             .map(|t| t.2.retry_in.unwrap_or_default().as_secs_f64())
             .collect();
-        let mut tx = self.pool.begin().await?;
+        // The endpoints' health in the same statement: set when a try failed and it
+        // was healthy, cleared when one succeeded and it was failing (for one
+        // endpoint, at most one of the two matches its row).
         sqlx::query(
             "WITH t AS (
                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int4[],
@@ -299,7 +304,13 @@ impl Store {
                     AS t(id, endpoint, status, error, millis, succeeded, state, retry)),
              attempts AS (
                 INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
-                SELECT id, endpoint, status, error, millis, succeeded FROM t)
+                SELECT id, endpoint, status, error, millis, succeeded FROM t),
+             failing AS (
+                UPDATE webhook_endpoints SET failing_since = now()
+                 WHERE id IN (SELECT endpoint FROM t WHERE NOT succeeded) AND failing_since IS NULL),
+             healthy AS (
+                UPDATE webhook_endpoints SET failing_since = NULL
+                 WHERE id IN (SELECT endpoint FROM t WHERE succeeded) AND failing_since IS NOT NULL)
              UPDATE webhook_deliveries d
                 SET state = t.state, tries = d.tries + 1, last_status = t.status,
                     last_error = t.error, due_at = now() + make_interval(secs => t.retry),
@@ -314,32 +325,14 @@ impl Store {
         .bind(&succeeded)
         .bind(&states)
         .bind(&retry_secs)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        let failing: Vec<Uuid> = tries
-            .iter()
-            .filter(|t| !t.2.succeeded)
-            .map(|t| t.1)
-            .collect();
-        let healthy: Vec<Uuid> = tries
-            .iter()
-            .filter(|t| t.2.succeeded)
-            .map(|t| t.1)
-            .collect();
-        sqlx::query(
-            "UPDATE webhook_endpoints SET failing_since = now()
-              WHERE id = ANY($1) AND failing_since IS NULL",
-        )
-        .bind(&failing)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_endpoints SET failing_since = NULL
-              WHERE id = ANY($1) AND failing_since IS NOT NULL",
-        )
-        .bind(&healthy)
-        .execute(&mut *tx)
-        .await?;
+        if tries.iter().all(|t| t.2.disable.is_none()) {
+            return Ok(());
+        }
+        // Rare: endpoints to disable (410, or failing too long), with their pending
+        // deliveries.
+        let mut tx = self.pool.begin().await?;
         for (_, endpoint, outcome) in tries {
             let Some(reason) = &outcome.disable else {
                 continue;

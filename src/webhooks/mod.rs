@@ -34,6 +34,8 @@ use crate::store::{DueWebhook, MessageRecord, Store, WebhookRow, WebhookTry};
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Deliveries read, or tries recorded, in one statement at most.
 const BATCH: usize = 256;
+/// How long an endpoint's row is reused for its deliveries.
+const ENDPOINT_TTL: Duration = Duration::from_secs(1);
 /// How often the backlog gauge is refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -93,11 +95,20 @@ impl Dispatcher {
         }
         let loads = {
             let store = store.clone();
+            // Endpoints change rarely and are read for every delivery. A copy is used
+            // only while the endpoint's `updated_at` (read with each delivery, as is
+            // whether it is disabled) is the copy's, so a new URL or secret is seen
+            // at once; only its health (`failing_since`) may be a second old.
+            let endpoints = moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ENDPOINT_TTL)
+                .build();
             Batcher::start(BATCH, 2, move |ids: Vec<Uuid>| {
                 let store = store.clone();
+                let endpoints = endpoints.clone();
                 async move {
                     let n = ids.len();
-                    batcher::each(load(&store, &ids).await, n)
+                    batcher::each(load(&store, &endpoints, &ids).await, n)
                 }
             })
         };
@@ -171,18 +182,28 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one job; acknowledged once its try is recorded and any retry parked,
-    /// requeued when that cannot be written.
+    /// Handles one job (one or more deliveries, sent side by side); acknowledged once
+    /// every try is recorded and every retry parked, requeued when one cannot be
+    /// written (its deliveries already settled are then dropped when it comes back).
     async fn handle(&self, delivery: AmqpDelivery) {
         let follow_up = match Job::decode(&delivery.data, &delivery.properties) {
-            Ok(job) => {
-                let span = tracing::info_span!(
-                    "webhook",
-                    webhook_id = %job.id,
-                    message_id = tracing::field::Empty
-                );
-                self.process(job).instrument(span).await
-            }
+            Ok(job) => match job.due.and_then(|due| (due - Utc::now()).to_std().ok()) {
+                Some(wait) if !wait.is_zero() => self.park(&job, wait).await,
+                _ => {
+                    let each = job.ids().map(|id| {
+                        let span = tracing::info_span!(
+                            "webhook",
+                            webhook_id = %id,
+                            message_id = tracing::field::Empty
+                        );
+                        self.process(Job::new(id)).instrument(span)
+                    });
+                    futures_util::future::join_all(each)
+                        .await
+                        .into_iter()
+                        .collect::<anyhow::Result<()>>()
+                }
+            },
             Err(reason) => {
                 // Nothing to do with it: the reconciler works from PostgreSQL.
                 tracing::error!(reason = %reason, "undecodable webhook job; dropped");
@@ -195,12 +216,8 @@ impl Dispatcher {
         crate::queue::settle(&self.amqp, &delivery, follow_up).await;
     }
 
+    /// One delivery's try.
     async fn process(&self, job: Job) -> anyhow::Result<()> {
-        if let Some(wait) = job.due.and_then(|due| (due - Utc::now()).to_std().ok()) {
-            if !wait.is_zero() {
-                return self.park(&job, wait).await;
-            }
-        }
         let loaded = self
             .loads
             .write(job.id)
@@ -208,6 +225,7 @@ impl Dispatcher {
             .map_err(|e| anyhow::anyhow!("reading the webhook delivery: {e}"))?;
         // Delivered, failed, deleted with its endpoint, or the endpoint disabled.
         let Some((due, endpoint, message)) = loaded else {
+            tracing::debug!("webhook job without a pending delivery; dropped");
             return Ok(());
         };
         tracing::Span::current().record("message_id", tracing::field::display(due.message_id));
@@ -219,7 +237,7 @@ impl Dispatcher {
             }
         }
         let share = self.endpoint(endpoint.id);
-        let _permit = match share.slots.clone().try_acquire_owned() {
+        let permit = match share.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 if let Some(wait) = self.step_aside(&share) {
@@ -235,6 +253,8 @@ impl Dispatcher {
         let started = Instant::now();
         let answer = self.post(&due, &endpoint, message).await;
         let took = started.elapsed();
+        // The slot is the endpoint's: recording the try is not its business.
+        drop(permit);
         share.observe(took);
         let outcome = self.judge(&due, &endpoint, answer, took);
         let result = if outcome.succeeded {
@@ -485,17 +505,37 @@ impl Endpoint {
     }
 }
 
-/// Reads back the deliveries of a batch of jobs, each with its endpoint and message:
-/// `None` for one that is no longer pending. Three queries for the batch.
-async fn load(store: &Store, ids: &[Uuid]) -> Result<Vec<Option<Loaded>>, sqlx::Error> {
+/// Reads back the deliveries of a batch of jobs, each with its endpoint (cached in
+/// `endpoints`) and message: `None` for one that is no longer pending. Two queries for
+/// the batch, three when an endpoint is not cached.
+async fn load(
+    store: &Store,
+    endpoints: &moka::sync::Cache<Uuid, WebhookRow>,
+    ids: &[Uuid],
+) -> Result<Vec<Option<Loaded>>, sqlx::Error> {
     let due = store.pending_webhooks_by_id(ids).await?;
-    let endpoint_ids = distinct(due.iter().map(|d| d.endpoint_id));
-    let endpoints: HashMap<Uuid, WebhookRow> = store
-        .webhooks_by_id(&endpoint_ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.id, e))
-        .collect();
+    // This batch's endpoints, taken out of the cache once: an entry expiring
+    // between two looks must not lose a delivery.
+    let mut batch_endpoints: HashMap<Uuid, WebhookRow> = HashMap::new();
+    for d in &due {
+        if let Some(e) = endpoints
+            .get(&d.endpoint_id)
+            .filter(|e| e.updated_at == d.endpoint_updated_at)
+        {
+            batch_endpoints.insert(e.id, e);
+        }
+    }
+    let missing = distinct(
+        due.iter()
+            .map(|d| d.endpoint_id)
+            .filter(|id| !batch_endpoints.contains_key(id)),
+    );
+    if !missing.is_empty() {
+        for endpoint in store.webhooks_by_id(&missing).await? {
+            endpoints.insert(endpoint.id, endpoint.clone());
+            batch_endpoints.insert(endpoint.id, endpoint);
+        }
+    }
     let message_ids = distinct(due.iter().map(|d| d.message_id));
     let messages: HashMap<Uuid, MessageRecord> = store
         .get_messages(&message_ids)
@@ -509,7 +549,7 @@ async fn load(store: &Store, ids: &[Uuid]) -> Result<Vec<Option<Loaded>>, sqlx::
         .map(|id| {
             // A job twice in one batch: the first one takes it.
             let d = due.remove(id)?;
-            let endpoint = endpoints.get(&d.endpoint_id)?.clone();
+            let endpoint = batch_endpoints.get(&d.endpoint_id)?.clone();
             let message = messages.get(&d.message_id).cloned();
             Some((d, endpoint, message))
         })
