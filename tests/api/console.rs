@@ -216,7 +216,9 @@ async fn a_post_without_the_sessions_csrf_token_is_refused() {
 #[tokio::test]
 async fn an_admin_of_another_tenant_gets_404_for_a_message_page() {
     let app = spawn_app().await;
-    let acme = app.producer("acme", &[Scope::Send, Scope::Admin]).await;
+    let acme = app
+        .producer("acme", &[Scope::Send, Scope::Read, Scope::Admin])
+        .await;
     let globex = app.producer("globex", &[Scope::Admin]).await;
     let id = acme
         .send_ok(&json!({
@@ -320,12 +322,11 @@ async fn an_operator_signs_in_finds_a_message_by_recipient_and_opens_its_timelin
     browser.fill("#recipient", "ann@").await;
     browser.click("#search").await;
     browser.wait_for("#results").await;
-    let rows = browser
-        .client
-        .find_all(fantoccini::Locator::Css("#results tbody tr"))
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1, "only Ann's message matches");
+    assert_eq!(
+        browser.count("#results tbody tr").await,
+        1,
+        "only Ann's message matches"
+    );
     assert!(browser.text("#results").await.contains("Quarterly report"));
     browser.screenshot("messages").await;
 
@@ -413,10 +414,7 @@ async fn an_operator_verifies_a_connection_and_edits_its_limits() {
     browser.wait_for("#verify-report").await;
     assert_eq!(browser.text("#verify-result").await, "ok");
     let report = browser.text("#verify-report").await;
-    assert!(
-        report.contains("connect") && report.contains("220"),
-        "{report}"
-    );
+    assert!(report.contains("connected to 127.0.0.1"), "{report}");
     assert!(
         report.contains("ehlo") || report.contains("EHLO"),
         "{report}"

@@ -160,12 +160,29 @@ impl Browser {
 
     /// The element `css`, waited for up to 10 s.
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        self.client
+        match self
+            .client
             .wait()
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("no element {css} on {}: {e}", self.url().await))
+        {
+            Ok(element) => element,
+            Err(e) => {
+                let url = self.url().await;
+                let source = self.source().await;
+                panic!("no element {css} on {url}: {e}\n{source}")
+            }
+        }
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map(|all| all.len())
+            .unwrap_or(0)
     }
 
     /// Waits for an element `css`.
