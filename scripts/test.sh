@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# The console's browser tests drive Debian's chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 if [ "${1:-}" = "--cluster" ]; then
   shift
   TEST_AMQP_CLUSTER_URLS=$(scripts/cluster.sh start | paste -sd, -)

@@ -12,6 +12,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod crypto;
 pub mod delivery;
 pub mod domain;

@@ -393,7 +393,7 @@ pub async fn list(
 /// The tenant a request's `?tenant=` chooses: any, for an `operator` key; for other
 /// keys only their own (another name is a 400). `None`: none chosen and the key sees
 /// every tenant (an operator).
-pub(super) async fn chosen_tenant(
+pub(crate) async fn chosen_tenant(
     state: &AppState,
     caller: &Principal,
     name: Option<String>,

@@ -186,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(operator)
         .merge(Router::from(open_routes()))
+        .nest_service("/ui", crate::console::router(state.clone()))
         .layer(Extension(health::OpenApiJson(document.into())))
         .layer(axum::middleware::from_fn(negotiate::xml_when_preferred))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::batcher::{self, Batcher, DbResult};
-use tokio::sync::mpsc::error::TrySendError;
 use crate::config::{RetrySettings, WorkerSettings};
 use crate::connections::Directory;
 use crate::domain::{
@@ -27,6 +26,7 @@ use crate::domain::{
 use crate::queue::Job;
 use crate::smtp::{Delivery, Mailer, Outgoing};
 use crate::store::Store;
+use tokio::sync::mpsc::error::TrySendError;
 
 pub use decide::{Next, RetryPolicy};
 pub(crate) use liveness::Liveness;

@@ -3,6 +3,7 @@
 mod api_keys;
 mod claims;
 mod connections;
+pub mod console;
 mod leases;
 mod listing;
 mod messages;

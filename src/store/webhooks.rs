@@ -223,11 +223,16 @@ impl Store {
         ids: &[Uuid],
     ) -> Result<Vec<DueWebhook>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
+            // The rows by primary key first: left to itself, the planner (its
+            // statistics behind a table that grows by thousands a second) combined
+            // the endpoint and pending indexes instead, reading every delivery of the
+            // endpoint (28 ms a batch, measured).
+            "WITH d AS MATERIALIZED (SELECT * FROM webhook_deliveries WHERE id = ANY($1))
+             SELECT d.id, d.endpoint_id, d.message_id, d.type, d.occurred_at, d.status,
                     d.attempts, d.reply, d.error, d.recipients, d.next_attempt, d.tries, d.due_at,
                     e.updated_at AS endpoint_updated_at
-               FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-              WHERE d.id = ANY($1) AND d.state = 'pending' AND e.disabled_at IS NULL",
+               FROM d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+              WHERE d.state = 'pending' AND e.disabled_at IS NULL",
         )
         .bind(ids)
         .fetch_all(&self.pool)

@@ -5,6 +5,7 @@
 use postwire_test_support as helpers;
 
 mod cluster;
+mod console;
 mod crash;
 mod delivery;
 mod hostile;

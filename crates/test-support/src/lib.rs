@@ -3,6 +3,7 @@
 //! and a scripted SMTP server; a cuttable proxy stands in for outages; `postwire`
 //! processes of the real binary are started next to it.
 
+pub mod browser;
 pub mod proxy;
 pub mod smtp_server;
 pub mod webhook_receiver;

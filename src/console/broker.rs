@@ -1,0 +1,201 @@
+//! The console's own AMQP connection, opened on first use and kept: queue depths for
+//! the overview (work queue, every delay tier, dead letters) and the dead-letter
+//! queue's jobs. Its own, so that browsing never holds up the publisher's channel.
+//! Each operation takes a fresh channel and closes it: jobs it took and did not
+//! settle go back to their queue.
+
+use anyhow::Context;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Connection};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::config::{AmqpSettings, Settings};
+use crate::queue::Topology;
+
+pub struct Broker {
+    settings: AmqpSettings,
+    topology: Topology,
+    connection: Mutex<Option<Connection>>,
+}
+
+/// A queue and its ready messages.
+pub struct Depth {
+    pub label: String,
+    pub queue: String,
+    pub messages: u32,
+}
+
+/// A job in the dead-letter queue.
+pub struct DeadJob {
+    /// The message id the job carries, if its body is one.
+    pub message_id: Option<Uuid>,
+    /// The body as text (shown when it is not a message id).
+    pub body: String,
+    /// Why it was dead-lettered (the worker's header).
+    pub reason: String,
+    pub redelivered: bool,
+}
+
+/// The most jobs the dead-letter page shows, and looks through to find one.
+pub const DEAD_LETTER_PAGE: usize = 200;
+
+const REASON_HEADER: &str = "x-postwire-dead-reason";
+
+impl Broker {
+    pub fn new(settings: &Settings) -> Broker {
+        Broker {
+            settings: settings.amqp.clone(),
+            topology: Topology::of(settings),
+            connection: Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut connection = self.connection.lock().await;
+        if let Some(c) = connection.as_ref().filter(|c| c.status().connected()) {
+            if let Ok(channel) = c.create_channel().await {
+                return Ok(channel);
+            }
+        }
+        let c = crate::queue::connect(&self.settings, "postwire-console").await?;
+        let channel = c.create_channel().await.context("opening a channel")?;
+        *connection = Some(c);
+        Ok(channel)
+    }
+
+    /// Ready messages of the work queue, each delay tier, the dead-letter queue, and
+    /// the webhook queue with its retry tiers.
+    pub async fn depths(&self) -> anyhow::Result<Vec<Depth>> {
+        crate::queue::within(&self.settings, "inspecting the queues", async {
+            let channel = self.channel().await?;
+            let mut queues = vec![("work".to_owned(), self.topology.deliver.clone())];
+            for (delay, name) in &self.topology.tiers {
+                queues.push((
+                    format!("delay {}", humantime::format_duration(*delay)),
+                    name.clone(),
+                ));
+            }
+            queues.push(("dead letters".to_owned(), self.topology.dead.clone()));
+            queues.push(("webhooks".to_owned(), self.topology.webhooks.clone()));
+            for (delay, name) in &self.topology.webhook_tiers {
+                queues.push((
+                    format!("webhook retry {}", humantime::format_duration(*delay)),
+                    name.clone(),
+                ));
+            }
+            let mut depths = Vec::new();
+            for (label, queue) in queues {
+                let declared = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await;
+                // A tier nobody has used yet may not exist (its expiry removed it).
+                let messages = declared.map(|d| d.message_count()).unwrap_or(0);
+                depths.push(Depth {
+                    label,
+                    queue,
+                    messages,
+                });
+                if !channel.status().connected() {
+                    break;
+                }
+            }
+            let _ = channel.close(200, "done".into()).await;
+            Ok(depths)
+        })
+        .await
+    }
+
+    /// The first jobs of the dead-letter queue, left in it.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadJob>> {
+        crate::queue::within(&self.settings, "reading the dead-letter queue", async {
+            let channel = self.channel().await?;
+            let mut jobs = Vec::new();
+            while jobs.len() < DEAD_LETTER_PAGE {
+                let Some(got) = channel
+                    .basic_get(
+                        self.topology.dead.as_str().into(),
+                        BasicGetOptions { no_ack: false },
+                    )
+                    .await
+                    .context("reading the dead-letter queue")?
+                else {
+                    break;
+                };
+                jobs.push(dead_job(&got.delivery));
+            }
+            // Closing the channel puts every job taken back, in its place.
+            let _ = channel.close(200, "done".into()).await;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Takes the dead-letter job of message `id` out of the queue, after `settle`
+    /// (which requeues or discards it) succeeded; `false` when no such job is among
+    /// the first [`DEAD_LETTER_PAGE`].
+    pub async fn take_dead_letter<F, Fut>(&self, id: Uuid, settle: F) -> anyhow::Result<bool>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let channel = self.channel().await?;
+        let mut found = None;
+        for _ in 0..DEAD_LETTER_PAGE {
+            let Some(got) = channel
+                .basic_get(
+                    self.topology.dead.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .context("reading the dead-letter queue")?
+            else {
+                break;
+            };
+            if dead_job(&got.delivery).message_id == Some(id) {
+                found = Some(got.delivery);
+                break;
+            }
+        }
+        let result = match found {
+            Some(delivery) => match settle().await {
+                Ok(()) => delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(|_| true)
+                    .context("taking the job out of the dead-letter queue"),
+                Err(e) => Err(e),
+            },
+            None => Ok(false),
+        };
+        let _ = channel.close(200, "done".into()).await;
+        result
+    }
+}
+
+fn dead_job(delivery: &lapin::message::Delivery) -> DeadJob {
+    let body = String::from_utf8_lossy(&delivery.data);
+    let reason = match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REASON_HEADER).cloned())
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => "(no reason recorded)".to_owned(),
+    };
+    DeadJob {
+        message_id: Uuid::parse_str(body.trim()).ok(),
+        body: body.chars().take(200).collect(),
+        reason,
+        redelivered: delivery.redelivered,
+    }
+}
