@@ -165,6 +165,8 @@ esac
 log "recreating database $DB"
 psql_admin "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 psql_admin "CREATE DATABASE $DB" >/dev/null
+# The previous run's dirty pages are written now, not during this run.
+psql_admin "CHECKPOINT" >/dev/null
 
 # A local benchmark: the development environment (no master key needed).
 export POSTWIRE_ENV=${POSTWIRE_ENV:-development}

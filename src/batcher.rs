@@ -1,11 +1,14 @@
 //! Group commit for hot database writes: requests from concurrent tasks that arrive
 //! while a batch is being written go out together in the next one (one statement, one
-//! commit), so PostgreSQL does one round of work for many messages. Nothing waits to
-//! fill a batch: a lone request is written at once, so latency is never traded away
-//! for throughput when the service is idle.
+//! commit), so PostgreSQL does one round of work for many messages. By default nothing
+//! waits to fill a batch: a lone request is written at once, so latency is never traded
+//! away for throughput when the service is idle. Work that is not waited on by a
+//! caller (webhooks) may linger a few milliseconds for company instead
+//! ([`BatchLimits::linger`]): each statement has a fixed cost in PostgreSQL.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -24,11 +27,23 @@ impl<T, R> Clone for Batcher<T, R> {
 
 /// How large one batch may grow: at most `count` requests, and at most `weight` in
 /// all as weighed by the batcher's weight function (a request heavier than that on
-/// its own is written alone).
+/// its own is written alone); a batch that is not full waits up to `linger` for more.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub count: usize,
     pub weight: usize,
+    pub linger: Duration,
+}
+
+impl BatchLimits {
+    /// At most `count` requests, written as soon as a writer is free.
+    pub const fn count(count: usize) -> BatchLimits {
+        BatchLimits {
+            count,
+            weight: usize::MAX,
+            linger: Duration::ZERO,
+        }
+    }
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
@@ -40,11 +55,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
-        let limits = BatchLimits {
-            count: max_batch,
-            weight: usize::MAX,
-        };
-        Batcher::start_weighted(limits, |_| 0, parallel, write)
+        Batcher::start_weighted(BatchLimits::count(max_batch), |_| 0, parallel, write)
     }
 
     /// [`Batcher::start`] with batches bounded by `limits.weight` as well, each request
@@ -76,11 +87,20 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 let Ok(permit) = writers.clone().acquire_owned().await else {
                     return;
                 };
-                // Whatever queued up while we waited for a writer joins this batch.
+                // Whatever queued up while we waited for a writer joins this batch
+                // (and whatever comes within the linger).
+                let deadline = tokio::time::Instant::now() + limits.linger;
                 let mut weight = weigh(&first.0);
                 let mut batch = vec![first];
                 while batch.len() < limits.count {
-                    let Ok(next) = rx.try_recv() else { break };
+                    let next = match rx.try_recv() {
+                        Ok(next) => next,
+                        Err(_) if limits.linger.is_zero() => break,
+                        Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(next)) => next,
+                            _ => break,
+                        },
+                    };
                     let w = weigh(&next.0);
                     if weight.saturating_add(w) > limits.weight {
                         carried = Some(next);
@@ -210,12 +230,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_arriving_within_the_linger_share_a_batch_and_a_lone_one_waits_no_longer() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let limits = BatchLimits {
+            linger: Duration::from_millis(200),
+            ..BatchLimits::count(100)
+        };
+        // A fast writer: without the linger, spaced requests would go one by one.
+        let batcher = Batcher::start_weighted(
+            limits,
+            |_| 0,
+            1,
+            move |items: Vec<u32>| {
+                seen.lock().unwrap().push(items.len());
+                async move { items }
+            },
+        );
+        let calls: Vec<_> = (0..5u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(u64::from(i) * 20)).await;
+                    batcher.call(i).await
+                })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap(), Some(i as u32));
+        }
+        assert_eq!(sizes.lock().unwrap().clone(), [5]);
+        let started = tokio::time::Instant::now();
+        assert_eq!(batcher.call(7).await, Some(7));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "a lone request is written once the linger is over: {waited:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_batch_stays_under_its_weight_and_a_heavy_request_goes_alone() {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&batches);
         let limits = BatchLimits {
             count: 100,
             weight: 10,
+            linger: Duration::ZERO,
         };
         let batcher = Batcher::start_weighted(
             limits,

@@ -1,5 +1,6 @@
 //! Retention: message content (and, if configured, whole messages) older than
-//! `retention.days` is removed in small batches, so that it never blocks sends.
+//! `retention.days` is removed in small batches, so that it never blocks sends; so are
+//! settled webhook deliveries and webhook tries older than that.
 
 use std::time::Duration;
 
@@ -29,10 +30,18 @@ pub async fn run(
         let mut total = 0;
         // Batch after batch until nothing is left, yielding between batches.
         loop {
-            match store
+            let purged = match store
                 .purge_old(cutoff, settings.delete_rows, settings.batch)
                 .await
             {
+                // Webhook deliveries and their tries, old by the same measure.
+                Ok(n) => store
+                    .purge_old_webhooks(cutoff, settings.batch)
+                    .await
+                    .map(|w| n + w),
+                Err(e) => Err(e),
+            };
+            match purged {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;

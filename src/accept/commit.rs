@@ -20,6 +20,7 @@ pub(super) type Commits = Batcher<Arc<Vec<Prepared>>, DbResult<()>>;
 const COMMIT_BATCH: BatchLimits = BatchLimits {
     count: 128,
     weight: 8 * 1024 * 1024,
+    linger: std::time::Duration::ZERO,
 };
 /// Groups written at once.
 const COMMIT_WRITERS: usize = 4;

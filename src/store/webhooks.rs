@@ -199,20 +199,61 @@ impl Store {
         tx.commit().await
     }
 
-    /// Deletes an endpoint (and its deliveries); false when `tenant` sees none such.
+    /// Deletes an endpoint with its deliveries and their tries; false when `tenant`
+    /// sees none such.
     pub async fn delete_webhook(
         &self,
         id: Uuid,
         tenant: Option<Uuid>,
     ) -> Result<bool, sqlx::Error> {
-        let deleted = sqlx::query(
-            "DELETE FROM webhook_endpoints WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+        // No foreign keys lead here (each would cost a query per delivery written),
+        // so the rows go with their endpoint explicitly. A delivery written by a
+        // transaction that saw the endpoint just before this one is left behind
+        // without it: never sent (it is read with its endpoint), purged by retention.
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH e AS (
+                DELETE FROM webhook_endpoints
+                 WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+             RETURNING id),
+             d AS (DELETE FROM webhook_deliveries WHERE endpoint_id IN (SELECT id FROM e)),
+             a AS (DELETE FROM webhook_attempts WHERE endpoint_id IN (SELECT id FROM e))
+             SELECT count(*) FROM e",
         )
         .bind(id)
         .bind(tenant)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(deleted.rows_affected() == 1)
+        Ok(deleted == 1)
+    }
+
+    /// Retention: up to `batch` deliveries that occurred before `cutoff` and are
+    /// settled (or whose endpoint is gone), and up to `batch` tries made before it;
+    /// how many rows went.
+    pub async fn purge_old_webhooks(
+        &self,
+        cutoff: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let purged: i64 = sqlx::query_scalar(
+            "WITH d AS (
+                DELETE FROM webhook_deliveries WHERE id IN (
+                    SELECT d.id FROM webhook_deliveries d
+                     WHERE d.occurred_at < $1
+                       AND (d.state <> 'pending' OR NOT EXISTS (
+                            SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id))
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING 1),
+             a AS (
+                DELETE FROM webhook_attempts WHERE id IN (
+                    SELECT id FROM webhook_attempts WHERE at < $1 LIMIT $2)
+             RETURNING 1)
+             SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM a)",
+        )
+        .bind(cutoff)
+        .bind(batch)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(purged).unwrap_or(0))
     }
 
     /// The deliveries among `ids` still pending, of endpoints not disabled: what the
@@ -307,20 +348,24 @@ impl Store {
                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int4[],
                                      $6::bool[], $7::text[], $8::float8[])
                     AS t(id, endpoint, status, error, millis, succeeded, state, retry)),
-             attempts AS (
-                INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
-                SELECT id, endpoint, status, error, millis, succeeded FROM t),
+             settled AS (
+                UPDATE webhook_deliveries d
+                   SET state = t.state, tries = d.tries + 1, last_status = t.status,
+                       last_error = t.error, due_at = now() + make_interval(secs => t.retry),
+                       delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
+                  FROM t WHERE d.id = t.id
+             RETURNING d.id),
              failing AS (
                 UPDATE webhook_endpoints SET failing_since = now()
                  WHERE id IN (SELECT endpoint FROM t WHERE NOT succeeded) AND failing_since IS NULL),
              healthy AS (
                 UPDATE webhook_endpoints SET failing_since = NULL
                  WHERE id IN (SELECT endpoint FROM t WHERE succeeded) AND failing_since IS NOT NULL)
-             UPDATE webhook_deliveries d
-                SET state = t.state, tries = d.tries + 1, last_status = t.status,
-                    last_error = t.error, due_at = now() + make_interval(secs => t.retry),
-                    delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
-               FROM t WHERE d.id = t.id",
+             -- only for deliveries still there (deleted with their endpoint meanwhile: no
+             -- foreign key stops the row)
+             INSERT INTO webhook_attempts (delivery_id, endpoint_id, http_status, error, duration_ms, succeeded)
+             SELECT t.id, t.endpoint, t.status, t.error, t.millis, t.succeeded
+               FROM t JOIN settled ON settled.id = t.id",
         )
         .bind(&ids)
         .bind(&endpoints)

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::batcher::{self, Batcher, DbResult};
+use crate::batcher::{self, BatchLimits, Batcher, DbResult};
 use crate::config::{AmqpSettings, WebhookSettings};
 use crate::crypto::Cipher;
 use crate::domain::sign_webhook;
@@ -32,8 +32,14 @@ use crate::store::{DueWebhook, MessageRecord, Store, WebhookRow, WebhookTry};
 /// At most this much of a response body is read: its content is not used, and an
 /// endpoint must not make a worker hold megabytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Deliveries read, or tries recorded, in one statement at most.
-const BATCH: usize = 256;
+/// Deliveries read, or tries recorded, in one statement at most, and how long a
+/// batch waits for company: nobody waits on a webhook's next milliseconds, while each
+/// statement has a fixed cost in PostgreSQL, which mail needs too.
+const BATCH: BatchLimits = BatchLimits {
+    count: 256,
+    weight: usize::MAX,
+    linger: Duration::from_millis(10),
+};
 /// How long an endpoint's row is reused for its deliveries.
 const ENDPOINT_TTL: Duration = Duration::from_secs(1);
 /// How often the backlog gauge is refreshed.
@@ -103,27 +109,37 @@ impl Dispatcher {
                 .max_capacity(10_000)
                 .time_to_live(ENDPOINT_TTL)
                 .build();
-            Batcher::start(BATCH, 2, move |ids: Vec<Uuid>| {
-                let store = store.clone();
-                let endpoints = endpoints.clone();
-                async move {
-                    let n = ids.len();
-                    batcher::each(load(&store, &endpoints, &ids).await, n)
-                }
-            })
+            Batcher::start_weighted(
+                BATCH,
+                |_| 0,
+                2,
+                move |ids: Vec<Uuid>| {
+                    let store = store.clone();
+                    let endpoints = endpoints.clone();
+                    async move {
+                        let n = ids.len();
+                        batcher::each(load(&store, &endpoints, &ids).await, n)
+                    }
+                },
+            )
         };
         let tries = {
             let store = store.clone();
-            Batcher::start(BATCH, 1, move |tries: Vec<(Uuid, Uuid, WebhookTry)>| {
-                let store = store.clone();
-                async move {
-                    batcher::write_or_isolate(tries, |tries| {
-                        let store = store.clone();
-                        async move { store.record_webhook_tries(&tries).await }
-                    })
-                    .await
-                }
-            })
+            Batcher::start_weighted(
+                BATCH,
+                |_| 0,
+                1,
+                move |tries: Vec<(Uuid, Uuid, WebhookTry)>| {
+                    let store = store.clone();
+                    async move {
+                        batcher::write_or_isolate(tries, |tries| {
+                            let store = store.clone();
+                            async move { store.record_webhook_tries(&tries).await }
+                        })
+                        .await
+                    }
+                },
+            )
         };
         Ok(Dispatcher {
             client: client

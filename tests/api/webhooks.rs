@@ -7,7 +7,9 @@ use crate::helpers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use helpers::{assert_problem, spawn_app_with, Action, Event, Script, TestApp, WebhookReceiver};
+use helpers::{
+    assert_problem, simple_message, spawn_app_with, Action, Event, Script, TestApp, WebhookReceiver,
+};
 use postwire::config::Settings;
 use serde_json::{json, Value};
 
@@ -841,4 +843,84 @@ async fn a_slow_endpoint_does_not_hold_up_another_endpoints_deliveries() {
         slow_tries < 20,
         "the fast endpoint had to wait for {slow_tries} tries of the slow one"
     );
+}
+
+/// Rows of `table` (`webhook_deliveries` or `webhook_attempts`) for an endpoint.
+async fn rows_of(app: &TestApp, table: &str, endpoint: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table} WHERE endpoint_id = $1::uuid"
+    ))
+    .bind(endpoint)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn deleting_an_endpoint_removes_its_deliveries_and_their_tries() {
+    let app = spawn_app_with(Script::accept_all(), quick_webhooks).await;
+    let failing = WebhookReceiver::start().await;
+    let healthy = WebhookReceiver::start().await;
+    failing.answer(500);
+    let gone = subscribe(&app, &failing, &["message.sent"]).await;
+    let kept = subscribe(&app, &healthy, &["message.sent"]).await;
+    let (gone, kept) = (gone["id"].as_str().unwrap(), kept["id"].as_str().unwrap());
+    app.send_ok(&simple_message()).await;
+    wait_for_events(&healthy, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while failing.count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not tried twice");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows_of(&app, "webhook_deliveries", gone).await, 1);
+    assert!(rows_of(&app, "webhook_attempts", gone).await >= 2);
+
+    let response = app
+        .client
+        .delete(format!("{}/v1/webhooks/{gone}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // A try already on its way when the endpoint went may still arrive, but leaves
+    // no row behind.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tries = failing.count();
+    assert_eq!(rows_of(&app, "webhook_deliveries", gone).await, 0);
+    assert_eq!(rows_of(&app, "webhook_attempts", gone).await, 0);
+    assert_eq!(rows_of(&app, "webhook_deliveries", kept).await, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await; // three retry waits
+    assert_eq!(failing.count(), tries, "tried after its deletion");
+    assert_eq!(rows_of(&app, "webhook_attempts", gone).await, 0);
+}
+
+#[tokio::test]
+async fn retention_purges_settled_webhook_deliveries_and_old_tries() {
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.retention.days = 0.5 / 86_400.0; // half a second
+        s.retention.interval = Duration::from_millis(200);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let endpoint = endpoint["id"].as_str().unwrap();
+    receiver.answer(500);
+    app.send_ok(&simple_message()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.count() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.answer(200);
+    wait_for_events(&receiver, 1).await;
+    loop {
+        let left = rows_of(&app, "webhook_deliveries", endpoint).await
+            + rows_of(&app, "webhook_attempts", endpoint).await;
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} rows left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
