@@ -23,6 +23,13 @@ struct ListPage {
     page_size: usize,
 }
 
+impl ListPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
 fn operator_only(session: &Session) -> Result<(), ConsoleError> {
     if session.principal.is_operator() {
         Ok(())

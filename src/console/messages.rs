@@ -81,6 +81,11 @@ struct SearchPage {
 }
 
 impl SearchPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     /// The query string of the next page: this search's fields and the cursor.
     fn next_query(&self, cursor: &str) -> String {
         let f = &self.form;
