@@ -272,14 +272,21 @@ impl Store {
         .await
     }
 
-    /// A failed message taken back from the dead-letter queue: queued again, due now.
-    pub async fn requeue_dead(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+    /// A failed message taken back from the dead-letter queue: queued again, due
+    /// now, with a `requeued` event naming `by` (the operator's key) in its history,
+    /// written by the same statement. `false` when the message is not failed.
+    pub async fn requeue_dead(&self, id: Uuid, by: &str) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query(
-            "UPDATE messages SET status = 'queued', next_attempt_at = now(), held = false,
-                    last_error = NULL, updated_at = now()
-              WHERE id = $1 AND status = 'failed'",
+            "WITH upd AS (
+                UPDATE messages SET status = 'queued', next_attempt_at = now(), held = false,
+                       last_error = NULL, updated_at = now()
+                 WHERE id = $1 AND status = 'failed'
+             RETURNING id)
+             INSERT INTO message_events (message_id, kind, detail)
+             SELECT id, 'requeued', $2 FROM upd",
         )
         .bind(id)
+        .bind(format!("taken back from the dead-letter queue by {by}"))
         .execute(&self.pool)
         .await?
         .rows_affected()

@@ -112,6 +112,85 @@ async fn deferred_message(app: &TestApp, to: &str) -> String {
     id
 }
 
+/// Messages that failed for want of their stored content (as in `reliability.rs`),
+/// their jobs in the dead-letter queue, and the content taken from them.
+struct DeadLetters {
+    app: TestApp,
+    ids: Vec<String>,
+    contents: Vec<Vec<u8>>,
+    /// Stops the worker when the test ends.
+    _worker: tokio_util::sync::DropGuard,
+}
+
+/// `n` dead letters: the messages are accepted by an API-only app, lose their content,
+/// and only then does a worker start, fail them and dead-letter their jobs.
+async fn dead_letters(n: usize) -> DeadLetters {
+    let app = helpers::spawn_role_with(postwire::Role::Api, Script::accept_all(), |_| {}).await;
+    let mut ids = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..n {
+        let id = app
+            .send_ok(&message_with(json!({
+                "To": format!("dead{i}@example.com"),
+                "Subject": format!("Dead letter {i}"),
+            })))
+            .await;
+        let raw: Vec<u8> = sqlx::query_scalar(
+            "DELETE FROM message_bodies WHERE message_id = $1::uuid RETURNING raw",
+        )
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        ids.push(id);
+        contents.push(raw);
+    }
+    let worker = postwire::Application::build(app.settings.clone(), postwire::Role::Worker)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(worker.run(stop.clone()));
+    for id in &ids {
+        let status = app.wait_until_terminal(id).await;
+        assert_eq!(status["status"], "failed", "{status}");
+    }
+    DeadLetters {
+        app,
+        ids,
+        contents,
+        _worker: stop.drop_guard(),
+    }
+}
+
+impl DeadLetters {
+    /// Puts message `i`'s content back, so that a requeue can deliver it.
+    async fn restore(&self, i: usize) {
+        sqlx::query("INSERT INTO message_bodies (message_id, raw) VALUES ($1::uuid, $2)")
+            .bind(&self.ids[i])
+            .bind(&self.contents[i])
+            .execute(&self.app.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// Polls `/ui/dead-letters` until every message of `ids` is listed: the worker
+/// dead-letters a job just after failing its message.
+async fn wait_for_dead_letters(console: &Console, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = console.get("/ui/dead-letters").await.text().await.unwrap();
+        if ids.iter().all(|id| page.contains(id.as_str())) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all of {ids:?} dead-lettered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 // ---- Plain HTTP: sign-in, headers, CSRF, tenancy -------------------------------
 
 #[tokio::test]
@@ -280,6 +359,58 @@ async fn a_revoked_key_ends_its_console_sessions() {
         )
         .await;
     assert_eq!(post.status(), 403);
+}
+
+#[tokio::test]
+async fn a_requeued_dead_letter_is_delivered_and_its_history_says_it_was_requeued() {
+    let dead = dead_letters(1).await;
+    let app = &dead.app;
+    let id = &dead.ids[0];
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    let console = Console::sign_in(app, &operator).await;
+    wait_for_dead_letters(&console, &dead.ids).await;
+    dead.restore(0).await;
+
+    let requeued = console
+        .post(
+            "/ui/dead-letters/requeue",
+            &[("csrf", &console.csrf), ("message_id", id)],
+        )
+        .await;
+    assert_eq!(requeued.status(), 303);
+    assert_eq!(
+        requeued.headers()["location"],
+        "/ui/dead-letters?done=requeued"
+    );
+    assert_eq!(app.wait_until_terminal(id).await["status"], "sent");
+
+    // GET /v1/messages/{id}/events: failed, then requeued (by whom), then sent.
+    let types = app.event_types(id).await;
+    let at = |kind: &str| {
+        types
+            .iter()
+            .position(|t| t == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {types:?}"))
+    };
+    assert!(
+        at("failed") < at("requeued") && at("requeued") < at("sent"),
+        "{types:?}"
+    );
+    let history = app.history(id).await;
+    let event = history.iter().find(|e| e["type"] == "requeued").unwrap();
+    let detail = event["detail"].as_str().unwrap();
+    assert!(detail.contains("dead-letter queue"), "{detail}");
+
+    // The console's timeline shows it, and the dead letter is gone.
+    let page = console
+        .get(&format!("/ui/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<li class=\"event requeued\">"), "{page}");
+    let list = console.get("/ui/dead-letters").await.text().await.unwrap();
+    assert!(!list.contains(id.as_str()), "{list}");
 }
 
 // ---- In a real browser -------------------------------------------------------
