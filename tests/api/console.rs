@@ -191,6 +191,22 @@ async fn wait_for_dead_letters(console: &Console, ids: &[String]) {
     }
 }
 
+/// Waits until the browser's address contains `part` (a form's redirect landed).
+async fn wait_for_url(browser: &Browser, part: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = browser.url().await;
+        if url.contains(part) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still at {url}, not {part}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---- Plain HTTP: sign-in, headers, CSRF, tenancy -------------------------------
 
 #[tokio::test]
@@ -645,5 +661,149 @@ async fn a_subject_with_a_script_tag_shows_as_text() {
     let source = browser.source().await;
     assert!(source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     browser.screenshot("hostile-subject").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_requeues_a_dead_letter_and_discards_another() {
+    let dead = dead_letters(2).await;
+    let app = &dead.app;
+    let (requeue, discard) = (&dead.ids[0], &dead.ids[1]);
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    wait_for_dead_letters(&Console::sign_in(app, &operator).await, &dead.ids).await;
+    // Its content back, the first one can be delivered once requeued.
+    dead.restore(0).await;
+
+    let browser = Browser::start("an_operator_requeues_a_dead_letter", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open("/ui/dead-letters").await;
+    browser.wait_for("h1").await;
+    assert_eq!(browser.count("tr[data-message]").await, 2);
+    browser.screenshot("dead-letters").await;
+
+    browser
+        .click(&format!(
+            "tr[data-message='{requeue}'] form[action='/ui/dead-letters/requeue'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=requeued").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("tr[data-message]").await, 1);
+    assert_eq!(app.wait_until_terminal(requeue).await["status"], "sent");
+
+    browser
+        .click(&format!(
+            "tr[data-message='{discard}'] form[action='/ui/dead-letters/discard'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=discarded").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("tr[data-message]").await, 0);
+    assert!(browser
+        .source()
+        .await
+        .contains("The dead-letter queue is empty."));
+    browser.screenshot("dead-letters-settled").await;
+    // Discarded: its message stays failed, and was not queued again.
+    assert_eq!(app.message(discard).await["status"], "failed");
+    assert!(!app
+        .event_types(discard)
+        .await
+        .contains(&"requeued".to_owned()));
+
+    browser.open(&format!("/ui/messages/{requeue}")).await;
+    browser.wait_for("#timeline").await;
+    assert_eq!(browser.text("#status").await, "sent");
+    let timeline = browser.text("#timeline").await;
+    for kind in ["failed", "requeued", "sent"] {
+        assert!(timeline.contains(kind), "{timeline}");
+    }
+    browser.screenshot("requeued-message").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_deferred_message_now_and_it_is_delivered() {
+    // 451 until the test says otherwise; retries an hour apart.
+    let deferring = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = deferring.clone();
+    let script = Script::new(move |event, _| match event {
+        Event::DataEnd { .. } if flag.load(std::sync::atomic::Ordering::SeqCst) => {
+            helpers::Action::reply(451, "4.3.0 try again later")
+        }
+        _ => helpers::Action::Default,
+    });
+    let app = spawn_app_with(script, slow_retries).await;
+    let id = app
+        .send_ok(&message_with(
+            json!({"To": "erin@example.com", "Subject": "Retry me"}),
+        ))
+        .await;
+    // Deferred by the 451 itself, so that the next attempt is an hour away.
+    app.wait_for(&id, "deferred after an attempt", |m| {
+        m["status"] == "deferred" && m["attempts"].as_i64().unwrap_or(0) >= 1
+    })
+    .await;
+    deferring.store(false, std::sync::atomic::Ordering::SeqCst);
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+
+    let browser = Browser::start("an_operator_retries_a_deferred_message", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open(&format!("/ui/messages/{id}")).await;
+    browser.wait_for("#retry").await;
+    assert_eq!(browser.text("#status").await, "deferred");
+    browser.click("#retry").await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=retried").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+    browser.open(&format!("/ui/messages/{id}")).await;
+    browser.wait_for("#timeline").await;
+    assert_eq!(browser.text("#status").await, "sent");
+    assert!(browser.text("#timeline").await.contains("sent"));
+    browser.screenshot("retried-message").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_suppresses_an_address_and_removes_it_again() {
+    let app = spawn_app().await;
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    let listed = |page: serde_json::Value| -> Vec<String> {
+        page["suppressions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["address"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let browser = Browser::start("an_operator_suppresses_an_address", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open("/ui/suppressions").await;
+    browser.fill("#address", "frank@example.com").await;
+    browser.fill("#reason", "asked by phone").await;
+    browser.click("#add").await;
+    wait_for_url(&browser, "done=added").await;
+    browser.wait_for("#notice").await;
+    let table = browser.text("#suppressions").await;
+    assert!(
+        table.contains("frank@example.com") && table.contains("asked by phone"),
+        "{table}"
+    );
+    let stored = app.get("/v1/suppressions").await.json().await.unwrap();
+    assert_eq!(listed(stored), ["frank@example.com"]);
+    browser.screenshot("suppressed").await;
+
+    browser.click("#suppressions button.link").await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=removed").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("#suppressions").await, 0);
+    let stored = app.get("/v1/suppressions").await.json().await.unwrap();
+    assert!(listed(stored).is_empty());
+    browser.screenshot("unsuppressed").await;
     browser.close().await;
 }
