@@ -124,7 +124,8 @@ pub async fn get(
 /// One entry of `GET /v1/messages/{id}/events`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
-    /// accepted, attempt, deferred, sent, failed, cancelled or expired.
+    /// accepted, attempt, deferred, sent, failed, cancelled, expired, suppressed or
+    /// requeued.
     #[serde(rename = "type")]
     #[schema(value_type = super::schemas::EventType)]
     pub kind: String,

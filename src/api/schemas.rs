@@ -69,6 +69,8 @@ pub enum EventType {
     Expired,
     /// Failed without an attempt: every recipient is on the suppression list.
     Suppressed,
+    /// Failed, then queued again by an operator from the dead-letter queue.
+    Requeued,
 }
 
 /// How an attachment's `ContentData` is encoded; any case is accepted.

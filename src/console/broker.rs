@@ -4,6 +4,8 @@
 //! Each operation takes a fresh channel and closes it: jobs it took and did not
 //! settle go back to their queue.
 
+use std::ops::ControlFlow;
+
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::AMQPValue;
@@ -114,27 +116,47 @@ impl Broker {
         .await
     }
 
+    /// Takes the jobs of the dead-letter queue one by one, unsettled, and hands each
+    /// to `visit`, until the queue is empty, `visit` breaks, or [`DEAD_LETTER_PAGE`]
+    /// were taken. What is taken and not acknowledged goes back, in its place, when
+    /// the channel closes.
+    async fn browse_dead_letters(
+        &self,
+        channel: &Channel,
+        mut visit: impl FnMut(lapin::message::Delivery) -> ControlFlow<()>,
+    ) -> anyhow::Result<()> {
+        for _ in 0..DEAD_LETTER_PAGE {
+            let Some(got) = channel
+                .basic_get(
+                    self.topology.dead.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .context("reading the dead-letter queue")?
+            else {
+                break;
+            };
+            if visit(got.delivery).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The first jobs of the dead-letter queue, left in it.
     pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadJob>> {
         crate::queue::within(&self.settings, "reading the dead-letter queue", async {
             let channel = self.channel().await?;
             let mut jobs = Vec::new();
-            while jobs.len() < DEAD_LETTER_PAGE {
-                let Some(got) = channel
-                    .basic_get(
-                        self.topology.dead.as_str().into(),
-                        BasicGetOptions { no_ack: false },
-                    )
-                    .await
-                    .context("reading the dead-letter queue")?
-                else {
-                    break;
-                };
-                jobs.push(dead_job(&got.delivery));
-            }
+            let browsed = self
+                .browse_dead_letters(&channel, |delivery| {
+                    jobs.push(dead_job(&delivery));
+                    ControlFlow::Continue(())
+                })
+                .await;
             // Closing the channel puts every job taken back, in its place.
             let _ = channel.close(200, "done".into()).await;
-            Ok(jobs)
+            browsed.map(|()| jobs)
         })
         .await
     }
@@ -149,24 +171,18 @@ impl Broker {
     {
         let channel = self.channel().await?;
         let mut found = None;
-        for _ in 0..DEAD_LETTER_PAGE {
-            let Some(got) = channel
-                .basic_get(
-                    self.topology.dead.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await
-                .context("reading the dead-letter queue")?
-            else {
-                break;
-            };
-            if dead_job(&got.delivery).message_id == Some(id) {
-                found = Some(got.delivery);
-                break;
-            }
-        }
-        let result = match found {
-            Some(delivery) => match settle().await {
+        let browsed = self
+            .browse_dead_letters(&channel, |delivery| {
+                if dead_job(&delivery).message_id == Some(id) {
+                    found = Some(delivery);
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .await;
+        let result = match browsed.map(|()| found) {
+            Ok(Some(delivery)) => match settle().await {
                 Ok(()) => delivery
                     .ack(BasicAckOptions::default())
                     .await
@@ -174,7 +190,8 @@ impl Broker {
                     .context("taking the job out of the dead-letter queue"),
                 Err(e) => Err(e),
             },
-            None => Ok(false),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
         };
         let _ = channel.close(200, "done".into()).await;
         result

@@ -21,6 +21,13 @@ struct ListPage {
     connections: Vec<ConnectionView>,
 }
 
+impl ListPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+}
+
 /// `GET /ui/connections`.
 pub async fn list(
     State(state): State<ConsoleState>,

@@ -23,6 +23,13 @@ struct ListPage {
     page_size: usize,
 }
 
+impl ListPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
 fn operator_only(session: &Session) -> Result<(), ConsoleError> {
     if session.principal.is_operator() {
         Ok(())
@@ -72,10 +79,11 @@ pub async fn requeue(
     operator_only(&checked.session)?;
     let id = checked.form.message_id;
     let app = state.app.clone();
+    let by = checked.session.principal.name.clone();
     let taken = state
         .broker
         .take_dead_letter(id, || async move {
-            app.store.requeue_dead(id).await?;
+            app.store.requeue_dead(id, &by).await?;
             app.publisher.publish(id).await
         })
         .await

@@ -19,7 +19,7 @@ use super::session::{Checked, Empty};
 use super::{notice, page, see_other, Chrome, ConsoleError, ConsoleState, Session};
 use crate::domain::{parse_connection_name, RecipientResult, Status};
 use crate::store::console::{MessageSearch, RetryNow};
-use crate::store::{EventRecord, MessageRecord, MessageSummary};
+use crate::store::{EventRecord, ListFilter, MessageRecord, MessageSummary};
 
 /// Rows per page of the search.
 const PAGE: u32 = 50;
@@ -81,6 +81,11 @@ struct SearchPage {
 }
 
 impl SearchPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     /// The query string of the next page: this search's fields and the cursor.
     fn next_query(&self, cursor: &str) -> String {
         let f = &self.form;
@@ -114,11 +119,30 @@ pub async fn search(
     )
     .await?;
     let bad = |field: &str, e: String| ConsoleError::BadRequest(format!("{field}: {e}"));
+    // The id first, so a bad form names the same field as before.
+    let id = given(&form.id)
+        .map(|id| Uuid::parse_str(id).map_err(|_| bad("id", "is not a message id".into())))
+        .transpose()?;
     let search = MessageSearch {
-        tenant,
-        id: given(&form.id)
-            .map(|id| Uuid::parse_str(id).map_err(|_| bad("id", "is not a message id".into())))
-            .transpose()?,
+        listing: ListFilter {
+            tenant,
+            status: given(&form.status)
+                .map(|s| {
+                    s.parse::<Status>()
+                        .map_err(|e| bad("status", e.to_string()))
+                })
+                .transpose()?,
+            connection: given(&form.connection)
+                .map(|c| parse_connection_name(c).map_err(|e| bad("connection", e.to_string())))
+                .transpose()?,
+            since: time("since", &form.since)?,
+            until: time("until", &form.until)?,
+            before: given(&form.cursor)
+                .map(|c| Uuid::parse_str(c).map_err(|_| bad("cursor", "is not a cursor".into())))
+                .transpose()?,
+            limit: PAGE,
+        },
+        id,
         recipient: given(&form.recipient).map(str::to_owned),
         sender: given(&form.sender).map(str::to_owned),
         subject_words: form
@@ -127,21 +151,6 @@ pub async fn search(
             .take(8)
             .map(str::to_owned)
             .collect(),
-        status: given(&form.status)
-            .map(|s| {
-                s.parse::<Status>()
-                    .map_err(|e| bad("status", e.to_string()))
-            })
-            .transpose()?,
-        connection: given(&form.connection)
-            .map(|c| parse_connection_name(c).map_err(|e| bad("connection", e.to_string())))
-            .transpose()?,
-        since: time("since", &form.since)?,
-        until: time("until", &form.until)?,
-        before: given(&form.cursor)
-            .map(|c| Uuid::parse_str(c).map_err(|_| bad("cursor", "is not a cursor".into())))
-            .transpose()?,
-        limit: PAGE,
     };
     let rows = state.app.store.search_messages(&search).await?;
     let next = (rows.len() == PAGE as usize)

@@ -17,10 +17,11 @@ use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
 use askama::Template;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -56,15 +57,25 @@ fn hash(token: &str) -> Vec<u8> {
 
 /// The session token the request's cookie carries.
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+    CookieJar::from_headers(headers)
+        .get(COOKIE)
+        .map(|c| c.value().to_owned())
         .filter(|v| !v.is_empty() && v.len() <= 64)
+}
+
+/// The session cookie: `Path=/ui` keeps it away from the API, `Secure` when the
+/// request came over TLS.
+fn session_cookie(value: String, secure: bool) -> Result<Cookie<'static>, ConsoleError> {
+    let max_age = SESSION_TTL
+        .try_into()
+        .map_err(|e| ConsoleError::Internal(anyhow::anyhow!("session lifetime: {e}")))?;
+    Ok(Cookie::build((COOKIE, value))
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(max_age)
+        .secure(secure)
+        .build())
 }
 
 /// Whether the console may be used by this key: `operator`, or `admin` of its tenant.
@@ -218,6 +229,7 @@ fn refused(error: &'static str) -> Result<Response, ConsoleError> {
 /// about which keys exist.
 pub async fn sign_in(
     State(state): State<ConsoleState>,
+    jar: CookieJar,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
@@ -253,19 +265,7 @@ pub async fn sign_in(
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').next().unwrap_or("").trim() == "https");
-    let cookie = format!(
-        "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
-        if secure { "; Secure" } else { "" }
-    );
-    let mut response = see_other("/ui");
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie
-            .parse()
-            .map_err(|e| ConsoleError::Internal(anyhow::anyhow!("{e}")))?,
-    );
-    Ok(response)
+    Ok((jar.add(session_cookie(token, secure)?), see_other("/ui")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -274,6 +274,7 @@ pub struct Empty {}
 /// `POST /ui/logout`: the session is deleted and the cookie cleared.
 pub async fn sign_out(
     State(state): State<ConsoleState>,
+    jar: CookieJar,
     checked: Checked<Empty>,
 ) -> Result<Response, ConsoleError> {
     state
@@ -281,12 +282,7 @@ pub async fn sign_out(
         .store
         .delete_console_session(&checked.session.token_hash)
         .await?;
-    let mut response = see_other("/ui/login?done=signed-out");
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0")
-            .parse()
-            .map_err(|e| ConsoleError::Internal(anyhow::anyhow!("{e}")))?,
-    );
-    Ok(response.into_response())
+    // The same name and path, emptied and expired.
+    let cleared = jar.remove(session_cookie(String::new(), false)?);
+    Ok((cleared, see_other("/ui/login?done=signed-out")).into_response())
 }

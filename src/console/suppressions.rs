@@ -34,6 +34,13 @@ struct ListPage {
     next: Option<String>,
 }
 
+impl ListPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
 fn tenant(name: &str) -> Option<String> {
     Some(name.trim().to_owned()).filter(|t| !t.is_empty())
 }

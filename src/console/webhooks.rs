@@ -20,6 +20,13 @@ struct ListPage {
     webhooks: Vec<WebhookView>,
 }
 
+impl ListPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.webhooks.is_empty()
+    }
+}
+
 /// `GET /ui/webhooks`.
 pub async fn list(
     State(state): State<ConsoleState>,
@@ -46,6 +53,13 @@ struct DetailPage {
     next: Option<String>,
     /// The recover form's default: a day ago.
     since: String,
+}
+
+impl DetailPage {
+    /// Whether the list has no row (`list.html`).
+    fn empty(&self) -> bool {
+        self.attempts.is_empty()
+    }
 }
 
 #[derive(Deserialize)]

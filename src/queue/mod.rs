@@ -18,6 +18,9 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::config::{AmqpSettings, QueueType, RetrySettings, Settings};
 
+/// How often a quorum ready queue hands out one job before giving up on it.
+const DELIVERY_LIMIT: i64 = 1000;
+
 /// The delays of the tiers: initial, initial*factor, ... up to max_delay, then the
 /// halves of `initial` down to ~1/16 of it so that jittered remainders are waited out
 /// precisely enough.
@@ -125,14 +128,11 @@ impl Topology {
     /// Declares every queue (idempotent; both roles do it at start and after a
     /// reconnect, so neither depends on the other having run first).
     pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
-        let mut deliver = self.arguments();
+        let mut deliver = self.ready_arguments();
         if self.queue_type == QueueType::Quorum {
-            // RabbitMQ 4 gives quorum queues a delivery limit of 20 and then drops the
-            // job. A job is requeued only while something is unavailable, so the
-            // limit is high, and a job that reaches it moves to the dead-letter queue
-            // (at least once) instead of vanishing; its message, still waiting in
-            // PostgreSQL, is republished by the reconciler.
-            deliver.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
+            // A mail job that reaches the delivery limit moves to the dead-letter
+            // queue (at least once) instead of vanishing; its message, still waiting
+            // in PostgreSQL, is republished by the reconciler.
             deliver.insert(
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString("".into()),
@@ -164,13 +164,9 @@ impl Topology {
             )
             .await
             .with_context(|| format!("declaring queue {}", self.dead))?;
-        let mut webhooks = self.arguments();
-        if self.queue_type == QueueType::Quorum {
-            // As for mail, past RabbitMQ 4's default of 20; a delivery that reaches
-            // the limit is dropped, and the reconciler publishes it again from
-            // PostgreSQL.
-            webhooks.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1000));
-        }
+        // A webhook job that reaches the delivery limit is dropped, and the
+        // reconciler publishes it again from PostgreSQL.
+        let webhooks = self.ready_arguments();
         channel
             .queue_declare(
                 self.webhooks.as_str().into(),
@@ -220,6 +216,22 @@ impl Topology {
                 .with_context(|| format!("declaring delay queue {name}"))?;
         }
         Ok(())
+    }
+
+    /// The arguments of a lane's ready queue (mail's work queue, the webhook
+    /// queue): those of every queue and, on a quorum queue, the delivery limit.
+    fn ready_arguments(&self) -> FieldTable {
+        let mut args = self.arguments();
+        if self.queue_type == QueueType::Quorum {
+            // RabbitMQ 4 gives quorum queues a delivery limit of 20 and then drops
+            // (or dead-letters) the job. A job is requeued only while something is
+            // unavailable, so the limit is high.
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+        }
+        args
     }
 
     fn arguments(&self) -> FieldTable {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::{MessageSummary, Store};
+use super::{ListFilter, MessageSummary, Store};
 use crate::domain::Status;
 
 /// A console session, as read on every request.
@@ -20,12 +20,13 @@ pub struct ConsoleSessionRow {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What the console's message search filters by. Every filter is optional; pages
-/// continue after `before` (newest first, keyset on the UUIDv7 id).
+/// What the console's message search filters by: the listing's filters (tenant,
+/// status, connection, time bounds, cursor, limit) and the console's own. Every filter
+/// is optional; pages continue after `listing.before` (newest first, keyset on the
+/// UUIDv7 id).
 #[derive(Debug, Default, Clone)]
 pub struct MessageSearch {
-    /// Only this tenant's messages; `None` for every tenant's (operators).
-    pub tenant: Option<Uuid>,
+    pub listing: ListFilter,
     pub id: Option<Uuid>,
     /// A part of one envelope recipient, case-insensitive.
     pub recipient: Option<String>,
@@ -33,12 +34,6 @@ pub struct MessageSearch {
     pub sender: Option<String>,
     /// Words that must all appear in the subject, case-insensitive.
     pub subject_words: Vec<String>,
-    pub status: Option<Status>,
-    pub connection: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub before: Option<Uuid>,
-    pub limit: u32,
 }
 
 /// Events of one kind in one minute (the overview chart).
@@ -82,13 +77,6 @@ fn like_escaped(s: &str) -> String {
     }
     out.push('%');
     out
-}
-
-/// The smallest UUIDv7 of a millisecond (as in `listing.rs`): time bounds become id
-/// bounds on the primary key.
-fn v7_floor(t: DateTime<Utc>) -> Uuid {
-    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0);
-    Uuid::from_u128(u128::from(ms) << 80)
 }
 
 impl Store {
@@ -152,9 +140,7 @@ impl Store {
                     status, connection, from_addr, subject, attempts, created_at, updated_at, sent_at
                FROM messages WHERE true",
         );
-        if let Some(tenant) = s.tenant {
-            q.push(" AND tenant_id = ").push_bind(tenant);
-        }
+        Self::push_filter(&mut q, &s.listing);
         if let Some(id) = s.id {
             q.push(" AND id = ").push_bind(id);
         }
@@ -170,23 +156,8 @@ impl Store {
         for word in &s.subject_words {
             q.push(" AND subject ILIKE ").push_bind(like_escaped(word));
         }
-        if let Some(status) = s.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(connection) = &s.connection {
-            q.push(" AND connection = ").push_bind(connection.clone());
-        }
-        if let Some(since) = s.since {
-            q.push(" AND id >= ").push_bind(v7_floor(since));
-        }
-        if let Some(until) = s.until {
-            q.push(" AND id < ").push_bind(v7_floor(until));
-        }
-        if let Some(before) = s.before {
-            q.push(" AND id < ").push_bind(before);
-        }
         q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(s.limit));
+            .push_bind(i64::from(s.listing.limit));
         q.build_query_as().fetch_all(&self.pool).await
     }
 
@@ -301,14 +272,21 @@ impl Store {
         .await
     }
 
-    /// A failed message taken back from the dead-letter queue: queued again, due now.
-    pub async fn requeue_dead(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+    /// A failed message taken back from the dead-letter queue: queued again, due
+    /// now, with a `requeued` event naming `by` (the operator's key) in its history,
+    /// written by the same statement. `false` when the message is not failed.
+    pub async fn requeue_dead(&self, id: Uuid, by: &str) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query(
-            "UPDATE messages SET status = 'queued', next_attempt_at = now(), held = false,
-                    last_error = NULL, updated_at = now()
-              WHERE id = $1 AND status = 'failed'",
+            "WITH upd AS (
+                UPDATE messages SET status = 'queued', next_attempt_at = now(), held = false,
+                       last_error = NULL, updated_at = now()
+                 WHERE id = $1 AND status = 'failed'
+             RETURNING id)
+             INSERT INTO message_events (message_id, kind, detail)
+             SELECT id, 'requeued', $2 FROM upd",
         )
         .bind(id)
+        .bind(format!("taken back from the dead-letter queue by {by}"))
         .execute(&self.pool)
         .await?
         .rows_affected()

@@ -73,7 +73,8 @@ impl Store {
             .join("\n"))
     }
 
-    fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &ListFilter) {
+    /// The listing's filters as `AND` clauses, shared with the console's search.
+    pub(super) fn push_filter(q: &mut QueryBuilder<'_, Postgres>, f: &ListFilter) {
         if let Some(tenant) = f.tenant {
             q.push(" AND tenant_id = ").push_bind(tenant);
         }

@@ -112,6 +112,101 @@ async fn deferred_message(app: &TestApp, to: &str) -> String {
     id
 }
 
+/// Messages that failed for want of their stored content (as in `reliability.rs`),
+/// their jobs in the dead-letter queue, and the content taken from them.
+struct DeadLetters {
+    app: TestApp,
+    ids: Vec<String>,
+    contents: Vec<Vec<u8>>,
+    /// Stops the worker when the test ends.
+    _worker: tokio_util::sync::DropGuard,
+}
+
+/// `n` dead letters: the messages are accepted by an API-only app, lose their content,
+/// and only then does a worker start, fail them and dead-letter their jobs.
+async fn dead_letters(n: usize) -> DeadLetters {
+    let app = helpers::spawn_role_with(postwire::Role::Api, Script::accept_all(), |_| {}).await;
+    let mut ids = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..n {
+        let id = app
+            .send_ok(&message_with(json!({
+                "To": format!("dead{i}@example.com"),
+                "Subject": format!("Dead letter {i}"),
+            })))
+            .await;
+        let raw: Vec<u8> = sqlx::query_scalar(
+            "DELETE FROM message_bodies WHERE message_id = $1::uuid RETURNING raw",
+        )
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        ids.push(id);
+        contents.push(raw);
+    }
+    let worker = postwire::Application::build(app.settings.clone(), postwire::Role::Worker)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(worker.run(stop.clone()));
+    for id in &ids {
+        let status = app.wait_until_terminal(id).await;
+        assert_eq!(status["status"], "failed", "{status}");
+    }
+    DeadLetters {
+        app,
+        ids,
+        contents,
+        _worker: stop.drop_guard(),
+    }
+}
+
+impl DeadLetters {
+    /// Puts message `i`'s content back, so that a requeue can deliver it.
+    async fn restore(&self, i: usize) {
+        sqlx::query("INSERT INTO message_bodies (message_id, raw) VALUES ($1::uuid, $2)")
+            .bind(&self.ids[i])
+            .bind(&self.contents[i])
+            .execute(&self.app.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// Polls `/ui/dead-letters` until every message of `ids` is listed: the worker
+/// dead-letters a job just after failing its message.
+async fn wait_for_dead_letters(console: &Console, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = console.get("/ui/dead-letters").await.text().await.unwrap();
+        if ids.iter().all(|id| page.contains(id.as_str())) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all of {ids:?} dead-lettered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the browser's address contains `part` (a form's redirect landed).
+async fn wait_for_url(browser: &Browser, part: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = browser.url().await;
+        if url.contains(part) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still at {url}, not {part}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---- Plain HTTP: sign-in, headers, CSRF, tenancy -------------------------------
 
 #[tokio::test]
@@ -280,6 +375,58 @@ async fn a_revoked_key_ends_its_console_sessions() {
         )
         .await;
     assert_eq!(post.status(), 403);
+}
+
+#[tokio::test]
+async fn a_requeued_dead_letter_is_delivered_and_its_history_says_it_was_requeued() {
+    let dead = dead_letters(1).await;
+    let app = &dead.app;
+    let id = &dead.ids[0];
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    let console = Console::sign_in(app, &operator).await;
+    wait_for_dead_letters(&console, &dead.ids).await;
+    dead.restore(0).await;
+
+    let requeued = console
+        .post(
+            "/ui/dead-letters/requeue",
+            &[("csrf", &console.csrf), ("message_id", id)],
+        )
+        .await;
+    assert_eq!(requeued.status(), 303);
+    assert_eq!(
+        requeued.headers()["location"],
+        "/ui/dead-letters?done=requeued"
+    );
+    assert_eq!(app.wait_until_terminal(id).await["status"], "sent");
+
+    // GET /v1/messages/{id}/events: failed, then requeued (by whom), then sent.
+    let types = app.event_types(id).await;
+    let at = |kind: &str| {
+        types
+            .iter()
+            .position(|t| t == kind)
+            .unwrap_or_else(|| panic!("no {kind} event: {types:?}"))
+    };
+    assert!(
+        at("failed") < at("requeued") && at("requeued") < at("sent"),
+        "{types:?}"
+    );
+    let history = app.history(id).await;
+    let event = history.iter().find(|e| e["type"] == "requeued").unwrap();
+    let detail = event["detail"].as_str().unwrap();
+    assert!(detail.contains("dead-letter queue"), "{detail}");
+
+    // The console's timeline shows it, and the dead letter is gone.
+    let page = console
+        .get(&format!("/ui/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<li class=\"event requeued\">"), "{page}");
+    let list = console.get("/ui/dead-letters").await.text().await.unwrap();
+    assert!(!list.contains(id.as_str()), "{list}");
 }
 
 // ---- In a real browser -------------------------------------------------------
@@ -514,5 +661,149 @@ async fn a_subject_with_a_script_tag_shows_as_text() {
     let source = browser.source().await;
     assert!(source.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     browser.screenshot("hostile-subject").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_requeues_a_dead_letter_and_discards_another() {
+    let dead = dead_letters(2).await;
+    let app = &dead.app;
+    let (requeue, discard) = (&dead.ids[0], &dead.ids[1]);
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    wait_for_dead_letters(&Console::sign_in(app, &operator).await, &dead.ids).await;
+    // Its content back, the first one can be delivered once requeued.
+    dead.restore(0).await;
+
+    let browser = Browser::start("an_operator_requeues_a_dead_letter", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open("/ui/dead-letters").await;
+    browser.wait_for("h1").await;
+    assert_eq!(browser.count("tr[data-message]").await, 2);
+    browser.screenshot("dead-letters").await;
+
+    browser
+        .click(&format!(
+            "tr[data-message='{requeue}'] form[action='/ui/dead-letters/requeue'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=requeued").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("tr[data-message]").await, 1);
+    assert_eq!(app.wait_until_terminal(requeue).await["status"], "sent");
+
+    browser
+        .click(&format!(
+            "tr[data-message='{discard}'] form[action='/ui/dead-letters/discard'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=discarded").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("tr[data-message]").await, 0);
+    assert!(browser
+        .source()
+        .await
+        .contains("The dead-letter queue is empty."));
+    browser.screenshot("dead-letters-settled").await;
+    // Discarded: its message stays failed, and was not queued again.
+    assert_eq!(app.message(discard).await["status"], "failed");
+    assert!(!app
+        .event_types(discard)
+        .await
+        .contains(&"requeued".to_owned()));
+
+    browser.open(&format!("/ui/messages/{requeue}")).await;
+    browser.wait_for("#timeline").await;
+    assert_eq!(browser.text("#status").await, "sent");
+    let timeline = browser.text("#timeline").await;
+    for kind in ["failed", "requeued", "sent"] {
+        assert!(timeline.contains(kind), "{timeline}");
+    }
+    browser.screenshot("requeued-message").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_deferred_message_now_and_it_is_delivered() {
+    // 451 until the test says otherwise; retries an hour apart.
+    let deferring = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = deferring.clone();
+    let script = Script::new(move |event, _| match event {
+        Event::DataEnd { .. } if flag.load(std::sync::atomic::Ordering::SeqCst) => {
+            helpers::Action::reply(451, "4.3.0 try again later")
+        }
+        _ => helpers::Action::Default,
+    });
+    let app = spawn_app_with(script, slow_retries).await;
+    let id = app
+        .send_ok(&message_with(
+            json!({"To": "erin@example.com", "Subject": "Retry me"}),
+        ))
+        .await;
+    // Deferred by the 451 itself, so that the next attempt is an hour away.
+    app.wait_for(&id, "deferred after an attempt", |m| {
+        m["status"] == "deferred" && m["attempts"].as_i64().unwrap_or(0) >= 1
+    })
+    .await;
+    deferring.store(false, std::sync::atomic::Ordering::SeqCst);
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+
+    let browser = Browser::start("an_operator_retries_a_deferred_message", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open(&format!("/ui/messages/{id}")).await;
+    browser.wait_for("#retry").await;
+    assert_eq!(browser.text("#status").await, "deferred");
+    browser.click("#retry").await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=retried").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(app.wait_until_terminal(&id).await["status"], "sent");
+    browser.open(&format!("/ui/messages/{id}")).await;
+    browser.wait_for("#timeline").await;
+    assert_eq!(browser.text("#status").await, "sent");
+    assert!(browser.text("#timeline").await.contains("sent"));
+    browser.screenshot("retried-message").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_operator_suppresses_an_address_and_removes_it_again() {
+    let app = spawn_app().await;
+    let operator = create_key(&app.db, &[Scope::Operator], None).await;
+    let listed = |page: serde_json::Value| -> Vec<String> {
+        page["suppressions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["address"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let browser = Browser::start("an_operator_suppresses_an_address", &app.address).await;
+    browser.sign_in(&operator).await;
+    browser.open("/ui/suppressions").await;
+    browser.fill("#address", "frank@example.com").await;
+    browser.fill("#reason", "asked by phone").await;
+    browser.click("#add").await;
+    wait_for_url(&browser, "done=added").await;
+    browser.wait_for("#notice").await;
+    let table = browser.text("#suppressions").await;
+    assert!(
+        table.contains("frank@example.com") && table.contains("asked by phone"),
+        "{table}"
+    );
+    let stored = app.get("/v1/suppressions").await.json().await.unwrap();
+    assert_eq!(listed(stored), ["frank@example.com"]);
+    browser.screenshot("suppressed").await;
+
+    browser.click("#suppressions button.link").await;
+    browser.accept_dialog().await;
+    wait_for_url(&browser, "done=removed").await;
+    browser.wait_for("#notice").await;
+    assert_eq!(browser.count("#suppressions").await, 0);
+    let stored = app.get("/v1/suppressions").await.json().await.unwrap();
+    assert!(listed(stored).is_empty());
+    browser.screenshot("unsuppressed").await;
     browser.close().await;
 }

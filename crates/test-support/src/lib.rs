@@ -375,6 +375,36 @@ impl TestApp {
         }
     }
 
+    /// Polls `GET /v1/webhooks/{webhook}/attempts{query}` (`query` empty or starting
+    /// with `?`) until `check` holds for its attempts, and returns them. An attempt is
+    /// recorded just after its endpoint answered, so a receiver's count alone does
+    /// not say it is listed yet.
+    pub async fn wait_for_attempts(
+        &self,
+        webhook: &str,
+        query: &str,
+        what: &str,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self
+                .get(&format!("/v1/webhooks/{webhook}/attempts{query}"))
+                .await;
+            assert_eq!(response.status().as_u16(), 200);
+            let page: Value = response.json().await.expect("attempts JSON");
+            let attempts = page["attempts"].as_array().expect("attempts").clone();
+            if check(&attempts) {
+                return attempts;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "webhook {webhook}: not {what} after 20s: {page:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A message's events in order, without the deferrals that spent no attempt: a
     /// loaded machine may hold a message back before an attempt (its worker's
     /// heartbeat late, a session slot not yet free), which is not what tests of the
