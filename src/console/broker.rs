@@ -169,31 +169,51 @@ impl Broker {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>>,
     {
-        let channel = self.channel().await?;
+        // The broker's parts are bounded by amqp.timeout (a hung broker must not hang
+        // the operator's request); `settle` bounds its own.
+        let channel =
+            crate::queue::within(&self.settings, "reading the dead-letter queue", async {
+                self.channel().await
+            })
+            .await?;
         let mut found = None;
-        let browsed = self
-            .browse_dead_letters(&channel, |delivery| {
-                if dead_job(&delivery).message_id == Some(id) {
-                    found = Some(delivery);
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
+        let browsed =
+            crate::queue::within(&self.settings, "reading the dead-letter queue", async {
+                self.browse_dead_letters(&channel, |delivery| {
+                    if dead_job(&delivery).message_id == Some(id) {
+                        found = Some(delivery);
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .await
             })
             .await;
         let result = match browsed.map(|()| found) {
             Ok(Some(delivery)) => match settle().await {
-                Ok(()) => delivery
-                    .ack(BasicAckOptions::default())
+                Ok(()) => {
+                    crate::queue::within(
+                        &self.settings,
+                        "taking the job out of the dead-letter queue",
+                        async {
+                            delivery
+                                .ack(BasicAckOptions::default())
+                                .await
+                                .map(|_| true)
+                                .context("taking the job out of the dead-letter queue")
+                        },
+                    )
                     .await
-                    .map(|_| true)
-                    .context("taking the job out of the dead-letter queue"),
+                }
                 Err(e) => Err(e),
             },
             Ok(None) => Ok(false),
             Err(e) => Err(e),
         };
-        let _ = channel.close(200, "done".into()).await;
+        // Closing puts back every job browsed and not taken.
+        let _ =
+            tokio::time::timeout(self.settings.timeout, channel.close(200, "done".into())).await;
         result
     }
 }

@@ -80,16 +80,27 @@ pub async fn requeue(
     let id = checked.form.message_id;
     let app = state.app.clone();
     let by = checked.session.principal.name.clone();
+    let requeued = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noted = requeued.clone();
     let taken = state
         .broker
         .take_dead_letter(id, || async move {
-            app.store.requeue_dead(id, &by).await?;
-            app.publisher.publish(id).await
+            // A message no longer failed (requeued or delivered since) is not queued
+            // again: its dead letter is stale and only removed.
+            if app.store.requeue_dead(id, &by).await? {
+                app.publisher.publish(id).await?;
+                noted.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
         })
         .await
         .map_err(|e| ConsoleError::Unavailable(format!("{e:#}")))?;
     if !taken {
         return Err(ConsoleError::NotFound);
+    }
+    if !requeued.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(message_id = %id, key = %checked.session.principal.name, "stale dead letter removed");
+        return Ok(see_other("/ui/dead-letters?done=stale"));
     }
     tracing::info!(message_id = %id, key = %checked.session.principal.name, "dead letter requeued");
     Ok(see_other("/ui/dead-letters?done=requeued"))

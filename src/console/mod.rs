@@ -97,6 +97,7 @@ pub fn notice(code: Option<&str>) -> Option<&'static str> {
         "removed" => "The address was taken off the suppression list.",
         "recovered" => "Failed deliveries were made due again.",
         "requeued" => "The job was requeued.",
+        "stale" => "The message was no longer failed, so it was not queued again; its dead letter was removed.",
         "discarded" => "The job was discarded.",
         "signed-out" => "You are signed out.",
         _ => return None,

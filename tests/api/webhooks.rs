@@ -7,8 +7,10 @@ use crate::helpers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use helpers::proxy::TcpProxy;
 use helpers::{
-    assert_problem, simple_message, spawn_app_with, Action, Event, Script, TestApp, WebhookReceiver,
+    assert_problem, simple_message, spawn_app_with, spawn_role_with, Action, Event, Script,
+    TestApp, WebhookReceiver,
 };
 use postwire::config::Settings;
 use serde_json::{json, Value};
@@ -889,4 +891,134 @@ async fn retention_purges_settled_webhook_deliveries_and_old_tries() {
         assert!(tokio::time::Instant::now() < deadline, "{left} rows left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_written_while_the_workers_broker_hangs_all_arrive_once_it_answers() {
+    const MESSAGES: usize = 3;
+    // Far longer than the worker's every broker timeout (2 s) and its heartbeat (2 s).
+    const HANG: Duration = Duration::from_secs(20);
+    // Each message's first DATA gets no answer: the worker gives up on it after 3 s and
+    // writes the deferral (and its webhook) while its broker is silent.
+    let script = Script::new(|event, counters| match event {
+        Event::DataEnd { .. } if counters.data_attempt <= MESSAGES => Action::Stall,
+        _ => Action::Default,
+    });
+    // The API (and its reconciler) in this process, on the real broker.
+    let app = spawn_role_with(postwire::Role::Api, script, |s| {
+        quick_webhooks(s);
+        s.reconcile.interval = Duration::from_millis(500);
+        s.reconcile.grace = Duration::from_secs(3);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    subscribe(&app, &receiver, &["message.deferred", "message.sent"]).await;
+    // The only worker, a process of this build, reaches the broker through a proxy
+    // that can go silent (packets swallowed, connections left open).
+    let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut worker = app.process("worker");
+    worker
+        .envs(PROCESS_WEBHOOKS.iter().copied())
+        .env(
+            "POSTWIRE__AMQP__URL",
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port()),
+        )
+        .env_remove("POSTWIRE__AMQP__URLS")
+        .env("POSTWIRE__AMQP__TIMEOUT", "2s")
+        .env("POSTWIRE__AMQP__HEARTBEAT", "2s")
+        .env("POSTWIRE__SMTP__DATA_TIMEOUT", "3s")
+        .env("POSTWIRE__RETRY__INITIAL", "1s")
+        .env("POSTWIRE__RETRY__JITTER", "false")
+        .env("POSTWIRE__RECONCILE__INTERVAL", "500ms")
+        .env("POSTWIRE__RECONCILE__GRACE", "3s");
+    let _worker = Killed(vec![worker.spawn().expect("start a worker process")]);
+
+    let mut ids = BTreeSet::new();
+    for i in 0..MESSAGES {
+        ids.insert(
+            app.send_ok(&json!({"To": "ann@example.com", "Subject": format!("h{i}"), "Body": "x"}))
+                .await,
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.smtp.data_attempts() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no DATA came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.black_hole();
+    let hung_at = chrono::Utc::now();
+    tokio::time::sleep(HANG).await;
+    broker.restore();
+    let restored_at = chrono::Utc::now();
+
+    // Every delivery written is told (at least once, always under its own id), and
+    // the deliveries are the messages' status changes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let (told, written) = loop {
+        let mut told: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for r in receiver.verified_events() {
+            let json = r.json.as_ref().unwrap();
+            let event = (
+                json["data"]["id"].as_str().unwrap().to_owned(),
+                json["type"].as_str().unwrap().to_owned(),
+            );
+            let first = told.entry(r.id.clone()).or_insert_with(|| event.clone());
+            assert_eq!(*first, event, "one webhook-id for two events");
+        }
+        let written: BTreeMap<String, (String, String)> =
+            sqlx::query_as("SELECT id::text, message_id::text, type FROM webhook_deliveries")
+                .fetch_all(&app.db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, message, kind): (String, String, String)| (id, (message, kind)))
+                .collect();
+        let sent = told
+            .values()
+            .filter(|(_, kind)| kind == "message.sent")
+            .count();
+        if sent == MESSAGES && told == written {
+            break (told, written);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sent} of {MESSAGES} message.sent told; {} of {} deliveries told",
+            told.len(),
+            written.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(told, written);
+    for id in &ids {
+        let events = app.events(id).await;
+        let events = events["events"].as_array().unwrap();
+        let attempted_deferrals = events
+            .iter()
+            .filter(|e| e["type"] == "deferred" && !e["attempt"].is_null())
+            .count();
+        let sent = events.iter().filter(|e| e["type"] == "sent").count();
+        let kinds = |kind: &str| {
+            told.values()
+                .filter(|(message, k)| message == id && k == kind)
+                .count()
+        };
+        assert_eq!(
+            (kinds("message.deferred"), kinds("message.sent")),
+            (attempted_deferrals, sent),
+            "{id}: {events:?}"
+        );
+        assert_eq!(sent, 1, "{id}");
+    }
+    // The case at hand did happen: deferrals were written while the broker was silent,
+    // and their jobs could not have been published then.
+    let during: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries
+          WHERE type = 'message.deferred' AND occurred_at BETWEEN $1 AND $2",
+    )
+    .bind(hung_at)
+    .bind(restored_at)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(during >= 1, "no webhook was written during the hang");
 }
