@@ -309,9 +309,10 @@ impl Store {
     }
 
     /// Records the tries of a batch, `(delivery, endpoint, outcome)`, in one statement:
-    /// the attempts, the deliveries' new states and the endpoints' health (written only
-    /// when it changes: every try touching the endpoint's row would make concurrent
-    /// tries wait for each other); then, in a transaction, the endpoints to disable.
+    /// the attempts and new states of the deliveries still pending, and the endpoints'
+    /// health (written only when it changes: every try touching the endpoint's row
+    /// would make concurrent tries wait for each other); then, in a transaction, the
+    /// endpoints to disable.
     pub async fn record_webhook_tries(
         &self,
         tries: &[(Uuid, Uuid, WebhookTry)],
@@ -354,6 +355,9 @@ impl Store {
                        last_error = t.error, due_at = now() + make_interval(secs => t.retry),
                        delivered_at = CASE WHEN t.state = 'delivered' THEN now() END
                   FROM t WHERE d.id = t.id
+                   -- a late try (its worker frozen, its job taken over and settled
+                   -- meanwhile, or the endpoint disabled) changes nothing
+                   AND d.state = 'pending'
              RETURNING d.id),
              failing AS (
                 UPDATE webhook_endpoints SET failing_since = now()

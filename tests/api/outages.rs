@@ -10,7 +10,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use helpers::proxy::TcpProxy;
-use helpers::{postwire_id, simple_message, spawn_role_with, Action, Event, Script, TestApp};
+use helpers::{
+    postwire_id, signal, simple_message, spawn_role_with, Action, Event, Script, TestApp,
+};
 use postwire::config::{QueueType, Settings};
 use postwire::Role;
 use serde_json::{json, Value};
@@ -342,14 +344,6 @@ async fn wait_for_data(app: &TestApp, n: usize) {
         assert!(Instant::now() < deadline, "DATA number {n} never came");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

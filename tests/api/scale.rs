@@ -169,14 +169,6 @@ async fn worker_processes_together_keep_to_the_connections_rate_and_reach_it() {
     eprintln!("busiest second {busiest}, overall {achieved:.1}/s");
 }
 
-fn signal(child: &Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_frozen_past_its_leases_closes_its_sessions_when_it_wakes() {
     let app = spawn_role_with(Role::Api, Script::accept_all(), |s| {
@@ -192,14 +184,14 @@ async fn a_worker_frozen_past_its_leases_closes_its_sessions_when_it_wakes() {
 
     // Frozen for three times worker.presumed_dead_after (1 s): its leases lapse while
     // its sockets stay open, and another worker takes the slots.
-    signal(&workers.0[0], "-STOP");
+    helpers::signal(&workers.0[0], "STOP");
     workers.0.push(start_worker(&app));
     tokio::time::sleep(Duration::from_secs(3)).await;
     send_many(&app, 20, "while frozen").await;
     wait_all_sent(&app, 40).await;
 
     // Awake: its next heartbeat retires the lapsed leases and closes their sessions.
-    signal(&workers.0[0], "-CONT");
+    helpers::signal(&workers.0[0], "CONT");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while app.smtp.sessions_open() > CAP {
         assert!(

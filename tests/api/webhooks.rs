@@ -1022,3 +1022,72 @@ async fn webhooks_written_while_the_workers_broker_hangs_all_arrive_once_it_answ
     .unwrap();
     assert!(during >= 1, "no webhook was written during the hang");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_mid_request_cannot_undo_its_successors_delivery() {
+    // The in-process app sends mail and reconciles; only the processes below post.
+    let app = spawn_app_with(Script::accept_all(), |s| {
+        quick_webhooks(s);
+        s.webhooks.concurrency = 0;
+        s.reconcile.interval = Duration::from_millis(500);
+        s.reconcile.grace = Duration::from_secs(3);
+    })
+    .await;
+    let receiver = WebhookReceiver::start().await;
+    let endpoint = subscribe(&app, &receiver, &["message.sent"]).await;
+    let endpoint = endpoint["id"].as_str().unwrap().to_owned();
+    let start_worker = || {
+        let mut worker = app.process("worker");
+        worker
+            .envs(PROCESS_WEBHOOKS.iter().copied())
+            .env("POSTWIRE__AMQP__HEARTBEAT", "2s");
+        worker.spawn().expect("start a worker process")
+    };
+    // The first request is answered 500, late: its worker is frozen before the answer.
+    receiver.answer(500);
+    receiver.set_delay(Duration::from_millis(1500));
+    let frozen = start_worker();
+    let mut processes = Killed(vec![]);
+    app.send_ok(&simple_message()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.count() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no webhook came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    helpers::signal(&frozen, "STOP");
+    processes.0.push(frozen);
+    receiver.answer(200);
+    receiver.set_delay(Duration::ZERO);
+
+    // Its job is taken over (the broker gives it back once the frozen connection is
+    // dead, or the reconciler publishes it again) and delivered by a successor.
+    processes.0.push(start_worker());
+    wait_for_events(&receiver, 1).await;
+    let state = || async {
+        sqlx::query_as::<_, (String, i32)>(
+            "SELECT state, tries FROM webhook_deliveries WHERE endpoint_id = $1::uuid",
+        )
+        .bind(&endpoint)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state().await.0 != "delivered" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not recorded as delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // a duplicate job settles
+    let delivered = state().await;
+    let requests = receiver.count();
+
+    // The frozen worker wakes to its failed request, long timed out: its late try
+    // must not make the delivered event pending again (and sent again).
+    helpers::signal(&processes.0[0], "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await; // ten retry waits
+    assert_eq!(state().await, delivered);
+    assert_eq!(receiver.count(), requests, "posted again after the wake");
+}

@@ -227,6 +227,15 @@ fn tracing_subscriber_init() -> anyhow::Result<()> {
     postwire::telemetry::init(&log)
 }
 
+/// Sends `SIG{name}` (`STOP`, `CONT`, `TERM`...) to a process the test started.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name}");
+}
+
 /// A minimal valid send body.
 pub fn simple_message() -> Value {
     json!({
