@@ -681,25 +681,11 @@ async fn an_operator_requeues_a_dead_letter_and_discards_another() {
     assert_eq!(browser.count("tr[data-message]").await, 2);
     browser.screenshot("dead-letters").await;
 
-    browser
-        .click(&format!(
-            "tr[data-message='{requeue}'] form[action='/ui/dead-letters/requeue'] button"
-        ))
-        .await;
-    browser.accept_dialog().await;
-    wait_for_url(&browser, "done=requeued").await;
-    browser.wait_for("#notice").await;
+    dead_letter_action(&browser, requeue, "requeue", "requeued").await;
     assert_eq!(browser.count("tr[data-message]").await, 1);
     assert_eq!(app.wait_until_terminal(requeue).await["status"], "sent");
 
-    browser
-        .click(&format!(
-            "tr[data-message='{discard}'] form[action='/ui/dead-letters/discard'] button"
-        ))
-        .await;
-    browser.accept_dialog().await;
-    wait_for_url(&browser, "done=discarded").await;
-    browser.wait_for("#notice").await;
+    dead_letter_action(&browser, discard, "discard", "discarded").await;
     assert_eq!(browser.count("tr[data-message]").await, 0);
     assert!(browser
         .source()
@@ -771,14 +757,6 @@ async fn an_operator_retries_a_deferred_message_now_and_it_is_delivered() {
 async fn an_operator_suppresses_an_address_and_removes_it_again() {
     let app = spawn_app().await;
     let operator = create_key(&app.db, &[Scope::Operator], None).await;
-    let listed = |page: serde_json::Value| -> Vec<String> {
-        page["suppressions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["address"].as_str().unwrap().to_owned())
-            .collect()
-    };
 
     let browser = Browser::start("an_operator_suppresses_an_address", &app.address).await;
     browser.sign_in(&operator).await;
@@ -794,7 +772,10 @@ async fn an_operator_suppresses_an_address_and_removes_it_again() {
         "{table}"
     );
     let stored = app.get("/v1/suppressions").await.json().await.unwrap();
-    assert_eq!(listed(stored), ["frank@example.com"]);
+    assert_eq!(
+        crate::suppressions::addresses(&stored),
+        ["frank@example.com"]
+    );
     browser.screenshot("suppressed").await;
 
     browser.click("#suppressions button.link").await;
@@ -803,7 +784,20 @@ async fn an_operator_suppresses_an_address_and_removes_it_again() {
     browser.wait_for("#notice").await;
     assert_eq!(browser.count("#suppressions").await, 0);
     let stored = app.get("/v1/suppressions").await.json().await.unwrap();
-    assert!(listed(stored).is_empty());
+    assert!(crate::suppressions::addresses(&stored).is_empty());
     browser.screenshot("unsuppressed").await;
     browser.close().await;
+}
+
+/// Presses `action` (`requeue` or `discard`) on the dead letter of `message`, confirms,
+/// and waits for the page that says `done`.
+async fn dead_letter_action(browser: &Browser, message: &str, action: &str, done: &str) {
+    browser
+        .click(&format!(
+            "tr[data-message='{message}'] form[action='/ui/dead-letters/{action}'] button"
+        ))
+        .await;
+    browser.accept_dialog().await;
+    wait_for_url(browser, &format!("done={done}")).await;
+    browser.wait_for("#notice").await;
 }

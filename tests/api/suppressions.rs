@@ -28,7 +28,8 @@ async fn list(app: &TestApp, query: &str) -> Value {
     response.json().await.unwrap()
 }
 
-fn addresses(page: &Value) -> Vec<String> {
+/// The addresses of a `GET /v1/suppressions` page.
+pub(crate) fn addresses(page: &Value) -> Vec<String> {
     page["suppressions"]
         .as_array()
         .unwrap()
