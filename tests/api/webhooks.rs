@@ -1091,3 +1091,61 @@ async fn a_worker_frozen_mid_request_cannot_undo_its_successors_delivery() {
     assert_eq!(state().await, delivered);
     assert_eq!(receiver.count(), requests, "posted again after the wake");
 }
+
+#[tokio::test]
+async fn a_webhooks_data_is_the_message_as_get_shows_it_on_the_first_try_and_on_a_retry() {
+    // The delivery holds the message's state at the event; the rest of `data` is read
+    // with it on every try. Both tries must show the message as GET does.
+    let app = spawn_app_with(relay(), quick_webhooks).await;
+    let receiver = WebhookReceiver::start().await;
+    subscribe(
+        &app,
+        &receiver,
+        &["message.sent", "message.recipient_failed"],
+    )
+    .await;
+    receiver.answer(503);
+    let id = app
+        .send_ok(&json!({
+            "To": "ann@example.com;bob@example.com",
+            "CC": "Carl <carl@example.com>",
+            "Bcc": "dora@example.com",
+            "Subject": "Ünïcode and \"quotes\"",
+            "Body": "x",
+            "Metadata": {"order": "42"},
+        }))
+        .await;
+    // Both events tried once (and refused), then tried again and delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.received().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no first tries came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    receiver.answer(204);
+    let delivered = wait_for_events(&receiver, 2).await;
+    let shown: Value = app
+        .get(&format!("/v1/messages/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "sent");
+    assert_eq!(shown["metadata"], json!({"order": "42"}));
+    let all = receiver.received();
+    for kind in ["message.sent", "message.recipient_failed"] {
+        let tries: Vec<&Value> = all
+            .iter()
+            .filter(|r| r.event_type() == Some(kind))
+            .map(|r| r.json.as_ref().unwrap())
+            .collect();
+        assert!(tries.len() >= 2, "{kind}: {tries:#?}");
+        let (first, last) = (tries[0], tries[tries.len() - 1]);
+        assert_eq!(first["data"], shown, "{kind}: the first try's data");
+        assert_eq!(last["data"], shown, "{kind}: the retry's data");
+        assert_eq!(first["timestamp"], last["timestamp"]);
+    }
+    assert!(delivered.iter().all(|r| r.answered == 204));
+}

@@ -1,8 +1,8 @@
 //! Phase 2: watch PostgreSQL until every accepted message is terminal, then read what
 //! the database recorded about them (final statuses, `created_at`, `sent_at`).
 //!
-//! Progress is polled cheaply over the run's time window (`created_at >= start`, one
-//! aggregate per poll); the exact figures are read once, by id, in chunks.
+//! Progress is polled over the run's time window (`created_at >= start`, one aggregate
+//! per poll); the exact figures are read once, by id, in chunks.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,8 +21,12 @@ pub const TERMINAL: [&str; 3] = ["sent", "failed", "cancelled"];
 /// Ids per `= ANY($1)` query.
 const CHUNK: usize = 10_000;
 
-/// How often the database is polled.
-const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How often the database is polled. Each poll counts every message of the run (about
+/// 50 ms of a PostgreSQL backend at 40,000 messages, measured), so polling twice a
+/// second took some 7 % of PostgreSQL's time from the service measured. The rates are
+/// computed from the timestamps PostgreSQL recorded, not from when a poll saw them, so
+/// a slower poll delays only the end of the wait.
+const POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// Connects to the database postwire writes to.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
