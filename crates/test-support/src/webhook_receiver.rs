@@ -287,28 +287,41 @@ impl WebhookReceiver {
     /// Waits until at least `n` requests were answered 2xx (verified or not) and
     /// returns those; panics after `timeout` with what arrived instead.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<WebhookRequest> {
+        self.wait_until(n, timeout, "answered 2xx", WebhookRequest::answered_2xx)
+            .await
+    }
+
+    /// Waits until at least `n` requests were recorded, whatever was answered, and
+    /// returns them; panics after `timeout` with what arrived instead.
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<WebhookRequest> {
+        self.wait_until(n, timeout, "recorded", |_| true).await
+    }
+
+    async fn wait_until(
+        &self,
+        n: usize,
+        timeout: Duration,
+        what: &str,
+        counted: impl Fn(&WebhookRequest) -> bool,
+    ) -> Vec<WebhookRequest> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Created before checking, so a request recorded in between still wakes us.
             let changed = self.shared().changed.notified();
-            let accepted: Vec<_> = self
-                .received()
-                .into_iter()
-                .filter(WebhookRequest::answered_2xx)
-                .collect();
+            let accepted: Vec<_> = self.received().into_iter().filter(|r| counted(r)).collect();
             if accepted.len() >= n {
                 return accepted;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("{}", self.timeout_report(n, accepted.len(), timeout));
+                panic!("{}", self.timeout_report(n, what, accepted.len(), timeout));
             }
         }
     }
 
-    fn timeout_report(&self, n: usize, accepted: usize, timeout: Duration) -> String {
+    fn timeout_report(&self, n: usize, what: &str, accepted: usize, timeout: Duration) -> String {
         let received = self.received();
         let mut report = format!(
-            "webhook receiver at {}: waited {timeout:?} for {n} request(s) answered 2xx, \
+            "webhook receiver at {}: waited {timeout:?} for {n} request(s) {what}, \
              got {accepted} ({} recorded in all; down: {}, answering: {})",
             self.url(),
             received.len(),
