@@ -167,8 +167,7 @@ impl Application {
                 self.settings.amqp.clone(),
                 Topology::of(&self.settings),
                 |message| {
-                    serde_json::to_value(api::messages::MessageView::from(message))
-                        .unwrap_or_default()
+                    serde_json::value::to_raw_value(&api::messages::MessageView::from(message))
                 },
             )?;
             tasks.spawn(Arc::new(dispatcher).run(shutdown.clone()));
